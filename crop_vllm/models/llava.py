@@ -1,0 +1,56 @@
+"""LLaVA-1.5 with CROP: one square grid per image (CLS dropped, `default` feature strategy)."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+from vllm.config import VllmConfig
+from vllm.model_executor.models.interfaces import MultiModalEmbeddings
+from vllm.model_executor.models.llava import (
+    LlavaDummyInputsBuilder,
+    LlavaForConditionalGeneration,
+    LlavaMultiModalProcessor,
+    LlavaProcessingInfo,
+)
+from vllm.multimodal import MULTIMODAL_REGISTRY
+
+from crop_vllm.models.utils import (
+    CropProcessorMixin,
+    Grid,
+    apply_plan,
+    pop_plans,
+)
+from crop_vllm.options import CropSettings
+
+
+def llava_grid(info: LlavaProcessingInfo) -> Grid:
+    side = info.get_vision_encoder_info().get_patch_grid_length()
+    return Grid(side, side)
+
+
+class CropLlavaMultiModalProcessor(CropProcessorMixin, LlavaMultiModalProcessor):
+    def crop_grids(self, out_item: Mapping[str, object]) -> list[Grid]:
+        return [llava_grid(self.info)]
+
+
+@MULTIMODAL_REGISTRY.register_processor(
+    CropLlavaMultiModalProcessor,
+    info=LlavaProcessingInfo,
+    dummy_inputs=LlavaDummyInputsBuilder,
+)
+class CropLlavaForConditionalGeneration(LlavaForConditionalGeneration):
+    def __init__(self, *, vllm_config: VllmConfig, prefix: str = "") -> None:
+        super().__init__(vllm_config=vllm_config, prefix=prefix)
+        if self.config.vision_feature_select_strategy != "default":
+            raise ValueError("CROP for LLaVA needs vision_feature_select_strategy='default'")
+        self.crop_settings = CropSettings.from_hf_config(self.config)
+        side = self.config.vision_config.image_size // self.config.vision_config.patch_size
+        self.crop_grid = Grid(side, side)
+
+    def embed_multimodal(self, **kwargs: object) -> MultiModalEmbeddings:
+        plans = pop_plans(kwargs)
+        embeddings = super().embed_multimodal(**kwargs)
+        return [
+            apply_plan(features, self.crop_grid, plan, self.crop_settings)
+            for features, plan in zip(embeddings, plans or [None] * len(embeddings), strict=True)
+        ]
