@@ -24,11 +24,12 @@ class ImageDecodeError(ValueError):
 
 
 class EmptyImageError(ImageDecodeError):
-    """No bytes, or an image with zero width or height."""
+    """No bytes at all."""
 
 
 class CorruptImageError(ImageDecodeError):
-    """Bytes that are not a readable image (unknown format, truncated, damaged)."""
+    """Bytes that are not a readable image: unknown format, damaged or truncated data, or a
+    header declaring zero width or height (Pillow refuses those when opening)."""
 
 
 class ImageTooLargeError(ImageDecodeError):
@@ -54,13 +55,13 @@ def decode_image(data: bytes, *, max_pixels: int) -> Image.Image:
     except Image.DecompressionBombError as exc:
         raise ImageTooLargeError(f"the image is too large to decode ({exc})") from exc
     except UnidentifiedImageError as exc:
-        raise CorruptImageError("the data is not an image in a supported format") from exc
+        raise CorruptImageError(
+            "the data is not a readable image (unknown format, or a damaged or zero-size header)"
+        ) from exc
     except (OSError, SyntaxError, ValueError) as exc:
         raise CorruptImageError(f"the image header is damaged ({exc})") from exc
 
     width, height = image.size
-    if width <= 0 or height <= 0:
-        raise EmptyImageError(f"the image has zero size ({width}x{height})")
     if width * height > max_pixels:
         raise ImageTooLargeError(
             f"the image is {width}x{height} = {width * height} pixels, "

@@ -1,0 +1,158 @@
+"""decode_image: the project's one decoder of untrusted image bytes."""
+
+from __future__ import annotations
+
+import io
+import struct
+import time
+import zlib
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from crop_localizer.images import (
+    CorruptImageError,
+    EmptyImageError,
+    ImageDecodeError,
+    ImageTooLargeError,
+    decode_image,
+)
+
+LIMIT = 10_000_000
+
+
+def encode(image: Image.Image, fmt: str = "PNG", **options) -> bytes:
+    buffer = io.BytesIO()
+    image.save(buffer, format=fmt, **options)
+    return buffer.getvalue()
+
+
+def png_with_header(width: int, height: int, idat: bytes = b"") -> bytes:
+    """A PNG whose IHDR declares any size, with valid CRCs, and (almost) no pixel data."""
+
+    def chunk(kind: bytes, body: bytes) -> bytes:
+        crc = zlib.crc32(kind + body) & 0xFFFFFFFF
+        return struct.pack(">I", len(body)) + kind + body + struct.pack(">I", crc)
+
+    header = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
+    return (
+        b"\x89PNG\r\n\x1a\n"
+        + chunk(b"IHDR", header)
+        + chunk(b"IDAT", zlib.compress(idat))
+        + chunk(b"IEND", b"")
+    )
+
+
+def test_rgb_png_round_trips_exactly():
+    pixels = np.random.default_rng(0).integers(0, 256, (7, 5, 3), dtype=np.uint8)
+    decoded = decode_image(encode(Image.fromarray(pixels)), max_pixels=LIMIT)
+    assert decoded.mode == "RGB"
+    np.testing.assert_array_equal(np.asarray(decoded), pixels)
+
+
+def test_empty_bytes_are_rejected_as_empty():
+    with pytest.raises(EmptyImageError, match="empty"):
+        decode_image(b"", max_pixels=LIMIT)
+
+
+def test_random_bytes_are_rejected_as_corrupt():
+    with pytest.raises(CorruptImageError, match="not a readable image"):
+        decode_image(b"definitely not an image" * 10, max_pixels=LIMIT)
+
+
+def test_truncated_jpeg_is_rejected_as_corrupt():
+    noise = np.random.default_rng(1).integers(0, 256, (128, 128, 3), dtype=np.uint8)
+    data = encode(Image.fromarray(noise), "JPEG")
+    with pytest.raises(CorruptImageError, match="truncated or damaged"):
+        decode_image(data[: len(data) // 2], max_pixels=LIMIT)
+
+
+@pytest.mark.parametrize(("width", "height"), [(0, 10), (10, 0), (0, 0)])
+def test_zero_size_image_is_rejected(width, height):
+    with pytest.raises(CorruptImageError, match="zero-size"):
+        decode_image(png_with_header(width, height), max_pixels=LIMIT)
+
+
+def test_image_over_the_pixel_limit_is_rejected():
+    data = encode(Image.new("RGB", (100, 50)))
+    assert decode_image(data, max_pixels=5000).size == (100, 50)
+    with pytest.raises(ImageTooLargeError, match="5000 pixels, more than the limit of 4999"):
+        decode_image(data, max_pixels=4999)
+
+
+def test_decompression_bomb_is_rejected_from_the_header_without_decoding():
+    bomb = png_with_header(60_000, 60_000)  # 3.6 gigapixels declared in a ~60 byte file
+    started = time.perf_counter()
+    with pytest.raises(ImageTooLargeError):
+        decode_image(bomb, max_pixels=LIMIT)
+    assert time.perf_counter() - started < 1.0
+
+
+def test_bomb_beyond_pillows_own_limit_is_still_our_error():
+    bomb = png_with_header(100_000, 100_000)  # Pillow itself refuses this at open
+    with pytest.raises(ImageTooLargeError):
+        decode_image(bomb, max_pixels=10**12)
+
+
+def test_grayscale_becomes_rgb_with_equal_channels():
+    gray = Image.fromarray(np.arange(0, 250, 10, dtype=np.uint8).reshape(5, 5), "L")
+    decoded = decode_image(encode(gray), max_pixels=LIMIT)
+    pixels = np.asarray(decoded)
+    assert decoded.mode == "RGB"
+    np.testing.assert_array_equal(pixels[..., 0], np.asarray(gray))
+    np.testing.assert_array_equal(pixels[..., 0], pixels[..., 2])
+
+
+def test_sixteen_bit_grayscale_is_scaled_not_clipped():
+    wide = np.array([[0, 257, 32896], [65535, 1000, 50000]], dtype=np.uint16)
+    image = Image.fromarray(wide)
+    assert image.mode == "I;16"
+    decoded = decode_image(encode(image), max_pixels=LIMIT)
+    assert decoded.mode == "RGB"
+    np.testing.assert_array_equal(np.asarray(decoded)[..., 1], [[0, 1, 128], [255, 4, 195]])
+
+
+def test_rgba_transparency_is_composited_over_white():
+    rgba = np.zeros((2, 2, 4), dtype=np.uint8)
+    rgba[0, 0] = (255, 0, 0, 255)  # opaque red
+    rgba[0, 1] = (0, 0, 255, 0)  # fully transparent blue
+    decoded = np.asarray(decode_image(encode(Image.fromarray(rgba, "RGBA")), max_pixels=LIMIT))
+    assert tuple(decoded[0, 0]) == (255, 0, 0)
+    assert tuple(decoded[0, 1]) == (255, 255, 255)
+
+
+def test_palette_gif_with_transparency_is_composited_over_white():
+    palette_image = Image.new("P", (2, 1))
+    palette_image.putpalette([0, 0, 0, 0, 255, 0] + [0] * 762)
+    palette_image.putpixel((0, 0), 0)
+    palette_image.putpixel((1, 0), 1)
+    decoded = np.asarray(
+        decode_image(encode(palette_image, "GIF", transparency=0), max_pixels=LIMIT)
+    )
+    assert tuple(decoded[0, 0]) == (255, 255, 255)
+    assert tuple(decoded[0, 1]) == (0, 255, 0)
+
+
+def test_cmyk_jpeg_becomes_rgb():
+    decoded = decode_image(
+        encode(Image.new("CMYK", (8, 8), (0, 0, 0, 0)), "JPEG"), max_pixels=LIMIT
+    )
+    assert decoded.mode == "RGB"
+    assert np.asarray(decoded).min() > 240  # no ink = white
+
+
+def test_exif_orientation_is_applied():
+    image = Image.new("RGB", (40, 20), "blue")
+    exif = Image.Exif()
+    exif[0x0112] = 6  # rotate 90 degrees clockwise to display
+    decoded = decode_image(encode(image, "JPEG", exif=exif.tobytes()), max_pixels=LIMIT)
+    assert decoded.size == (20, 40)
+
+
+def test_every_decode_error_is_a_value_error_with_a_message():
+    for data in (b"", b"junk", png_with_header(0, 1), png_with_header(10**5, 10**5)):
+        with pytest.raises(ImageDecodeError) as caught:
+            decode_image(data, max_pixels=LIMIT)
+        assert isinstance(caught.value, ValueError)
+        assert str(caught.value)
