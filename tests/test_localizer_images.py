@@ -156,3 +156,10 @@ def test_every_decode_error_is_a_value_error_with_a_message():
             decode_image(data, max_pixels=LIMIT)
         assert isinstance(caught.value, ValueError)
         assert str(caught.value)
+
+
+def test_junk_bytes_stay_a_decode_error_after_ultralytics_is_loaded():
+    import crop_localizer.detector  # noqa: F401  (imports Ultralytics, which patches Pillow)
+
+    with pytest.raises(CorruptImageError):
+        decode_image(b"junk bytes, not an image", max_pixels=LIMIT)
