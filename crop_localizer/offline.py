@@ -1,4 +1,5 @@
-"""Make Ultralytics safe to import in a server: no downloads, no pip installs, no telemetry.
+"""Make Ultralytics safe to import in a server: no downloads, no pip installs, no telemetry,
+no changes to the process's thread count or to Pillow.
 
 Ultralytics reads these environment variables once, when it is first imported, so
 `prepare_ultralytics()` must run before any `import ultralytics`; the modules of this package
@@ -26,7 +27,18 @@ def prepare_ultralytics() -> None:
     os.environ.setdefault("YOLO_CONFIG_DIR", str(default_config_dir()))
     Path(os.environ["YOLO_CONFIG_DIR"]).mkdir(parents=True, exist_ok=True)
 
+    restore_threads = not already_imported and "OMP_NUM_THREADS" not in os.environ
+    # Ultralytics sets OMP_NUM_THREADS=1 on import when unset ("for training"): torch imported
+    # after that runs single-threaded, and every process this one starts (engines) inherits it.
+    # Importing torch first keeps its thread pool; the variable is then removed again.
+    import torch
+
+    threads = torch.get_num_threads()
     from ultralytics import utils
+
+    if restore_threads:
+        os.environ.pop("OMP_NUM_THREADS", None)
+        torch.set_num_threads(threads)
 
     if already_imported and (utils.ONLINE or utils.AUTOINSTALL):
         raise RuntimeError(

@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
+
 import numpy as np
 import pytest
 import torch
@@ -197,3 +201,18 @@ def test_embed_vocab_reads_a_names_file(tmp_path):
     names.write_text("# my classes\nDog\n\nfire_hydrant  # COCO spelling\ndog\n")
     assert read_names(names) == ["dog", "fire hydrant"]
     assert read_names(None) == list(OBJECT_NAMES)
+
+
+def test_loading_ultralytics_leaves_threads_and_environment_alone(tmp_path):
+    probe = (
+        "import os, torch; default = torch.get_num_threads(); "
+        "import crop_localizer.detector, PIL.Image, ultralytics.utils.patches as p; "
+        "print(os.environ.get('OMP_NUM_THREADS'), torch.get_num_threads() == default, "
+        "PIL.Image.open is not p.image_open, os.environ['YOLO_OFFLINE'])"
+    )
+    env = {k: v for k, v in os.environ.items() if k != "OMP_NUM_THREADS"}
+    env["YOLO_CONFIG_DIR"] = str(tmp_path)
+    out = subprocess.run(
+        [sys.executable, "-c", probe], env=env, capture_output=True, text=True, check=True
+    )
+    assert out.stdout.splitlines()[-1].split() == ["None", "True", "True", "1"]
