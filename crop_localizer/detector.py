@@ -13,6 +13,7 @@ an image's input tensor does not depend on its batch companions either.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -87,7 +88,17 @@ class YoloWorldDetector:
         self._letterbox = LetterBox(imgsz, auto=False, stride=self.stride)
 
     @classmethod
-    def from_weights(cls, path: Path, **options: object) -> YoloWorldDetector:
+    def from_weights(
+        cls,
+        path: Path,
+        *,
+        imgsz: int = 640,
+        conf: float = 0.25,
+        iou: float = 0.7,
+        max_det: int = 100,
+        device: str = "cpu",
+        half: bool = False,
+    ) -> YoloWorldDetector:
         """Load `yolov8{s,m,l,x}-worldv2.pt` from a local path; never downloads.
 
         Raises `LocalizerStartupError` naming the file for a missing, unreadable or non-YOLO-World
@@ -108,7 +119,9 @@ class YoloWorldDetector:
             raise LocalizerStartupError(
                 f"{path} holds a {type(model).__name__}, not a YOLO-World (WorldModel) checkpoint"
             )
-        return cls(model, **options)  # type: ignore[arg-type]
+        return cls(
+            model, imgsz=imgsz, conf=conf, iou=iou, max_det=max_det, device=device, half=half
+        )
 
     @property
     def embed_dim(self) -> int:
@@ -150,7 +163,8 @@ class YoloWorldDetector:
 
     def preprocess(self, images: Sequence[Image.Image]) -> torch.Tensor:
         """Letterbox each RGB image to imgsz x imgsz and stack: (B, 3, imgsz, imgsz) in [0, 1]."""
-        boxed = np.stack([self._letterbox(image=np.asarray(im.convert("RGB"))) for im in images])
+        rgb = [np.asarray(im if im.mode == "RGB" else im.convert("RGB")) for im in images]
+        boxed = np.stack([self._letterbox(image=pixels) for pixels in rgb])
         x = torch.from_numpy(boxed).permute(0, 3, 1, 2).contiguous().to(self.device)
         return (x.half() if self.half else x.float()) / 255.0
 
@@ -178,8 +192,14 @@ class YoloWorldDetector:
         preds = preds.float().clone()
         for i, p in enumerate(prompts):
             preds[i, 4 + len(p.names) :] = 0.0  # padded duplicates must never win a box
+        # No time limit: Ultralytics' NMS otherwise stops after ~2 s (easily reached on a busy
+        # CPU) and silently returns nothing for the rest of the batch.
         kept = non_max_suppression(
-            preds, conf_thres=self.conf, iou_thres=self.iou, max_det=self.max_det
+            preds,
+            conf_thres=self.conf,
+            iou_thres=self.iou,
+            max_det=self.max_det,
+            max_time_img=math.inf,
         )
         results = []
         for found, p, (height, width) in zip(kept, prompts, shapes, strict=True):
