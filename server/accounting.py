@@ -1,0 +1,76 @@
+"""How many visual tokens an image costs with and without CROP, for `usage.crop` and previews.
+
+Uses the same pure functions as the vLLM plugin (`crop_vllm.geometry`, `crop_vllm.layout`) on
+the model's own config and image-processor settings, with the gateway's CROP settings applied to
+the config exactly as the engine receives them, so the counts match the engine's prompt length.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from crop_vllm import CROP_ARCHITECTURES, CROP_OF
+from crop_vllm.geometry import Grid, image_grids, num_image_tokens
+from crop_vllm.layout import CropMode, Region
+from crop_vllm.options import CropSettings
+
+
+@dataclass(frozen=True)
+class ImageTokens:
+    full: int
+    after_plc: int
+    after_ilp: int
+
+
+@dataclass(frozen=True)
+class ModelGeometry:
+    """The model's visual-grid geometry and the CROP settings in force."""
+
+    hf_config: Any
+    image_processor: dict[str, Any]
+    settings: CropSettings
+    crop_architecture: str
+
+    @classmethod
+    def load(cls, model: str, crop_overrides: dict[str, object]) -> ModelGeometry:
+        """Read `model`'s configs (local files or the hub cache); CROP keys applied on top."""
+        from transformers import AutoConfig, AutoImageProcessor
+
+        hf_config = AutoConfig.from_pretrained(model)
+        architecture = (getattr(hf_config, "architectures", None) or ["?"])[0]
+        if architecture in CROP_ARCHITECTURES:
+            crop_architecture = architecture
+        elif architecture in CROP_OF:
+            crop_architecture = CROP_OF[architecture]
+        else:
+            supported = ", ".join(sorted(CROP_OF))
+            raise ValueError(f"{model}: CROP supports {supported}; this model is {architecture}")
+        for key, value in crop_overrides.items():
+            setattr(hf_config, key, value)
+        processor = AutoImageProcessor.from_pretrained(model).to_dict()
+        return cls(hf_config, processor, CropSettings.from_hf_config(hf_config), crop_architecture)
+
+    def hf_overrides(self, crop_overrides: dict[str, object]) -> dict[str, object]:
+        """What the embedded engine loads the model with: the CROP class and settings."""
+        return {"architectures": [self.crop_architecture], **crop_overrides}
+
+    def grids(self, width: int, height: int) -> list[Grid]:
+        return image_grids(self.hf_config, self.image_processor, height, width)
+
+    def image_tokens(
+        self, width: int, height: int, region: Region | None, mode: CropMode
+    ) -> ImageTokens:
+        """Unpruned, prefilled-after-PLC and kept-after-ILP counts of one image.
+
+        ILP keeps every prefilled token until inner-LLM pruning is implemented, so after_ilp
+        equals after_plc.
+        """
+        grids = self.grids(width, height)
+        full = num_image_tokens(grids, None, self.settings.plc)
+        after_plc = (
+            num_image_tokens(grids, region, self.settings.plc)
+            if mode.uses_plc and region is not None
+            else full
+        )
+        return ImageTokens(full, after_plc, after_plc)

@@ -1,0 +1,75 @@
+"""Draw what CROP keeps of an image: the region and the kept visual-token grid, as a PNG.
+
+Each kept token is outlined over the cells it covers: full-resolution cells inside the region
+in green, pooled windows outside it in orange; cells PLC drops are darkened. The finest grid of
+the model is drawn (LLaVA-NeXT's AnyRes tiles rather than its base view); every grid of a
+family covers the whole picture, so normalized coordinates map straight onto the image.
+"""
+
+from __future__ import annotations
+
+import io
+from collections.abc import Sequence
+
+from PIL import Image, ImageDraw
+
+from crop_vllm.geometry import Grid
+from crop_vllm.layout import PLCSettings, Region, build_layout
+
+_MIN_SIDE = 448  # small images are scaled up so that one-cell outlines stay visible
+_INSIDE = (40, 220, 90)
+_OUTSIDE = (255, 160, 0)
+_REGION = (230, 30, 30)
+
+
+def render_preview(
+    image: Image.Image,
+    grids: Sequence[Grid],
+    region: Region | None,
+    settings: PLCSettings,
+    caption: str,
+) -> bytes:
+    """PNG bytes of `image` with the kept tokens of its finest grid drawn on it."""
+    grid = max(grids, key=lambda g: g.rows * g.cols)
+    scale = max(1.0, _MIN_SIDE / max(image.width, image.height))
+    width, height = round(image.width * scale), round(image.height * scale)
+    canvas = image.convert("RGB").resize((width, height), Image.Resampling.BICUBIC)
+    layout = build_layout(grid.rows, grid.cols, region, settings)
+    kept = {cell for token in layout.tokens for cell in token.cells}
+
+    def box(row0: int, col0: int, row1: int, col1: int) -> tuple[int, int, int, int]:
+        """Pixel box of cells rows [row0, row1) x cols [col0, col1)."""
+        return (
+            round(col0 * width / grid.cols),
+            round(row0 * height / grid.rows),
+            round(col1 * width / grid.cols) - 1,
+            round(row1 * height / grid.rows) - 1,
+        )
+
+    shade = Image.new("RGBA", (width, height), (0, 0, 0, 0))
+    shading = ImageDraw.Draw(shade)
+    for cell in range(grid.rows * grid.cols):
+        if cell not in kept:
+            row, col = divmod(cell, grid.cols)
+            shading.rectangle(box(row, col, row + 1, col + 1), fill=(0, 0, 0, 170))
+    canvas = Image.alpha_composite(canvas.convert("RGBA"), shade).convert("RGB")
+
+    draw = ImageDraw.Draw(canvas)
+    for token in layout.tokens:
+        rows = [c // grid.cols for c in token.cells]
+        cols = [c % grid.cols for c in token.cells]
+        color = _INSIDE if token.inside else _OUTSIDE
+        draw.rectangle(box(min(rows), min(cols), max(rows) + 1, max(cols) + 1), outline=color)
+    if region is not None:
+        draw.rectangle(
+            (region.x0 * width, region.y0 * height, region.x1 * width - 1, region.y1 * height - 1),
+            outline=_REGION,
+            width=3,
+        )
+    text_box = draw.textbbox((4, 4), caption)
+    draw.rectangle((0, 0, text_box[2] + 4, text_box[3] + 4), fill=(0, 0, 0))
+    draw.text((4, 4), caption, fill=(255, 255, 255))
+
+    buffer = io.BytesIO()
+    canvas.save(buffer, format="PNG")
+    return buffer.getvalue()

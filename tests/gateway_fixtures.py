@@ -1,0 +1,294 @@
+"""Fixtures for the gateway tests: one embedded vLLM engine per session, live gateways on
+loopback ports, and a local image server.
+
+The engine and every gateway run on one asyncio loop in a background thread (AsyncLLM's output
+handler belongs to the loop that first uses it), so several gateways with different settings
+can share the one engine while the tests drive them over real HTTP from the main thread.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import io
+import os
+import socket
+import threading
+import time
+from collections.abc import Callable, Coroutine, Iterator
+from dataclasses import dataclass, replace
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any, ClassVar, TypeVar
+from urllib.parse import parse_qs, urlsplit
+
+import httpx
+import numpy as np
+import openai
+import pytest
+import uvicorn
+from PIL import Image
+
+from server.accounting import ModelGeometry
+from server.app import build_engine, create_app
+from server.config import GatewayConfig, Limits
+from server.engines import Engine
+from server.engines.embedded import EmbeddedEngine
+from server.images import ImageLimits, parse_networks
+from tests.engine_support import test_image
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")
+os.environ.setdefault("VLLM_CPU_OMP_THREADS_BIND", "nobind")
+
+T = TypeVar("T")
+MODEL_NAME = "tiny-llava"
+API_KEY = "test-key"
+QUARTER = [0.0, 0.0, 0.5, 0.5]
+MAX_IMAGE_BYTES = 200_000
+MAX_IMAGE_PIXELS = 600 * 600
+ENGINE_ARGS = {
+    "dtype": "float32",
+    "enforce_eager": True,
+    "max_model_len": 2048,
+    "max_num_seqs": 8,
+    "seed": 0,
+}
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def png_bytes(image: Image.Image) -> bytes:
+    buffer = io.BytesIO()
+    image.save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+def noise_image(width: int, height: int) -> Image.Image:
+    """Random pixels: PNG cannot compress them, so the file is about 3 bytes per pixel."""
+    rng = np.random.default_rng(0)
+    return Image.fromarray(rng.integers(0, 256, (height, width, 3), dtype=np.uint8))
+
+
+def data_url(image: Image.Image) -> str:
+    return "data:image/png;base64," + base64.b64encode(png_bytes(image)).decode()
+
+
+def image_message(urls: list[str], question: str = "What is in the top left corner?") -> dict:
+    content: list[dict[str, Any]] = [{"type": "image_url", "image_url": {"url": u}} for u in urls]
+    content.append({"type": "text", "text": question})
+    return {"role": "user", "content": content}
+
+
+# --------------------------------------------------------------------------------------------
+# The loop that hosts the engine and the gateways
+# --------------------------------------------------------------------------------------------
+
+
+@dataclass
+class LiveGateway:
+    url: str
+    server: uvicorn.Server
+    done: Any  # concurrent.futures.Future of server.serve()
+
+    @property
+    def api(self) -> str:
+        return self.url + "/v1"
+
+
+class ServerLoop:
+    def __init__(self) -> None:
+        self.loop = asyncio.new_event_loop()
+        self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)
+        self.thread.start()
+
+    def run(self, coro: Coroutine[Any, Any, T], timeout: float = 600) -> T:
+        return asyncio.run_coroutine_threadsafe(coro, self.loop).result(timeout)
+
+    def serve(self, app: Any, timeout: float = 120) -> LiveGateway:
+        port = free_port()
+        config = uvicorn.Config(
+            app, host="127.0.0.1", port=port, log_level="warning", timeout_graceful_shutdown=30
+        )
+        server = uvicorn.Server(config)
+        done = asyncio.run_coroutine_threadsafe(server.serve(), self.loop)
+        deadline = time.monotonic() + timeout
+        while not server.started:
+            if done.done():
+                done.result()  # raises the startup error, if any
+                raise RuntimeError("the gateway stopped during startup")
+            if time.monotonic() > deadline:
+                raise TimeoutError("the gateway did not start")
+            time.sleep(0.05)
+        return LiveGateway(f"http://127.0.0.1:{port}", server, done)
+
+    def stop(self, gateway: LiveGateway, timeout: float = 60) -> None:
+        gateway.server.should_exit = True
+        gateway.done.result(timeout)
+
+    def close(self) -> None:
+        self.loop.call_soon_threadsafe(self.loop.stop)
+        self.thread.join(10)
+
+
+@pytest.fixture(scope="session")
+def server_loop() -> Iterator[ServerLoop]:
+    loop = ServerLoop()
+    yield loop
+    loop.close()
+
+
+@pytest.fixture(scope="session")
+def gateway_model(tiny_checkpoint) -> str:
+    return str(tiny_checkpoint("llava"))
+
+
+@pytest.fixture(scope="session")
+def embedded_engine(server_loop, gateway_model) -> Iterator[EmbeddedEngine]:
+    """The session's one in-process vLLM engine: the tiny LLaVA under its CROP architecture,
+    built as `crop-server` builds it."""
+    config = gateway_config(gateway_model, engine_args=ENGINE_ARGS)
+    geometry = ModelGeometry.load(config.model, config.crop.hf_overrides())
+    engine = build_engine(config, geometry)
+    assert isinstance(engine, EmbeddedEngine)
+    server_loop.run(engine.start())
+    yield engine
+    server_loop.run(engine.aclose())
+
+
+def gateway_config(model: str, **changes: Any) -> GatewayConfig:
+    """The test gateways' settings: API key, two images at most, images only from 127.0.0.1."""
+    base = GatewayConfig(
+        model=model,
+        served_model_name=MODEL_NAME,
+        limits=Limits(max_images=2, max_body_bytes=2_000_000, max_tokens=2000),
+        images=ImageLimits(
+            max_bytes=MAX_IMAGE_BYTES,
+            max_pixels=MAX_IMAGE_PIXELS,
+            timeout_s=2.0,
+            max_redirects=2,
+            allowed_networks=parse_networks(["127.0.0.1/32"]),
+            allow_public=False,
+        ),
+        api_keys=(API_KEY,),
+    )
+    return replace(base, **changes)
+
+
+@pytest.fixture(scope="session")
+def start_gateway(server_loop, gateway_model, embedded_engine) -> Iterator[Callable[..., Any]]:
+    """`start_gateway(engine=None, localizer=None, **config_changes) -> LiveGateway`, stopped
+    at the end of the session (or earlier with `server_loop.stop`)."""
+    started: list[LiveGateway] = []
+
+    def start(engine: Engine | None = None, localizer: Any = None, **changes: Any) -> LiveGateway:
+        config = gateway_config(gateway_model, **changes)
+        app = create_app(config, engine=engine or embedded_engine, localizer=localizer)
+        live = server_loop.serve(app)
+        started.append(live)
+        return live
+
+    yield start
+    for live in started:
+        if not live.done.done():
+            server_loop.stop(live)
+
+
+@pytest.fixture(scope="session")
+def gateway(start_gateway) -> LiveGateway:
+    """The main gateway: embedded engine, default CROP settings, localizer `none`."""
+    return start_gateway()
+
+
+@pytest.fixture(scope="session")
+def client(gateway) -> openai.OpenAI:
+    return openai.OpenAI(base_url=gateway.api, api_key=API_KEY, max_retries=0, timeout=120)
+
+
+@pytest.fixture(scope="session")
+def http(gateway) -> Iterator[httpx.Client]:
+    """Raw HTTP to the main gateway, authenticated."""
+    with httpx.Client(
+        base_url=gateway.url, headers={"Authorization": f"Bearer {API_KEY}"}, timeout=120
+    ) as session:
+        yield session
+
+
+# --------------------------------------------------------------------------------------------
+# A local image server (the only address the test gateways may fetch from)
+# --------------------------------------------------------------------------------------------
+
+
+@dataclass
+class ImageServer:
+    url: str
+    images: dict[str, Image.Image]
+
+
+class _ImageHandler(BaseHTTPRequestHandler):
+    images: ClassVar[dict[str, bytes]] = {}
+
+    def log_message(self, format: str, *args: Any) -> None:
+        pass
+
+    def _send(self, status: int, body: bytes, content_type: str, length: bool = True) -> None:
+        self.send_response(status)
+        self.send_header("Content-Type", content_type)
+        if length:
+            self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def do_GET(self) -> None:
+        parts = urlsplit(self.path)
+        query = parse_qs(parts.query)
+        name = parts.path.strip("/")
+        if name in self.images:
+            self._send(200, self.images[name], "image/png")
+        elif name == "unsized":  # an oversized body without Content-Length
+            self.send_response(200)
+            self.send_header("Content-Type", "image/png")
+            self.send_header("Connection", "close")
+            self.end_headers()
+            self.wfile.write(b"\x89PNG" + b"\0" * (MAX_IMAGE_BYTES + 1000))
+        elif name == "page":
+            self._send(200, b"<html>not an image</html>", "text/html")
+        elif name == "corrupt":
+            self._send(200, b"\x89PNG\r\n\x1a\n garbage", "image/png")
+        elif name == "missing":
+            self._send(404, b"nope", "text/plain")
+        elif name == "redirect":
+            self.send_response(302)
+            self.send_header("Location", query["to"][0])
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+        elif name == "slow":
+            time.sleep(4)
+            self._send(200, self.images.get("small", b""), "image/png")
+        else:
+            self._send(404, b"", "text/plain")
+
+
+@pytest.fixture(scope="session")
+def image_server() -> Iterator[ImageServer]:
+    images = {
+        "small": test_image(1),
+        "big": noise_image(300, 300),  # a PNG larger than MAX_IMAGE_BYTES
+        "huge": Image.new("RGB", (700, 700), (10, 20, 30)),  # more pixels than allowed
+    }
+
+    class Handler(_ImageHandler):
+        pass
+
+    Handler.images = {f"{name}.png": png_bytes(image) for name, image in images.items()}
+    assert len(Handler.images["big.png"]) > MAX_IMAGE_BYTES
+    assert len(Handler.images["huge.png"]) < MAX_IMAGE_BYTES
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield ImageServer(f"http://127.0.0.1:{server.server_address[1]}", images)
+    server.shutdown()
+    server.server_close()

@@ -1,0 +1,205 @@
+"""The gateway with its embedded vLLM engine, driven by the official openai client over HTTP."""
+
+from __future__ import annotations
+
+import httpx
+import pytest
+
+from tests.engine_support import test_image
+from tests.gateway_fixtures import *  # noqa: F403  (fixtures)
+from tests.gateway_fixtures import MODEL_NAME, QUARTER, data_url, image_message
+
+pytestmark = pytest.mark.engine
+
+#: Tiny LLaVA: an 8x8 grid; the quarter region keeps 16 cells and pools the rest to 3 tokens.
+FULL, QUARTER_KEPT = 64, 19
+
+
+def ask(client, messages, **kwargs):
+    kwargs.setdefault("max_tokens", 6)
+    kwargs.setdefault("temperature", 0)
+    crop = kwargs.pop("crop", None)
+    return client.chat.completions.create(
+        model=MODEL_NAME,
+        messages=messages,
+        extra_body={"crop": crop} if crop is not None else None,
+        **kwargs,
+    )
+
+
+def saved_by_plc(crop_usage: dict) -> int:
+    return sum(i["visual_tokens_full"] - i["visual_tokens_after_plc"] for i in crop_usage["images"])
+
+
+def test_chat_with_a_data_url_image_answers_with_usage(client):
+    response = ask(client, [image_message([data_url(test_image(10))])])
+    choice = response.choices[0]
+    assert choice.message.role == "assistant"
+    assert choice.message.content
+    assert choice.finish_reason == "length"
+    assert response.usage.completion_tokens == 6
+    assert response.usage.total_tokens == response.usage.prompt_tokens + 6
+    crop = response.usage.crop
+    assert crop["visual_tokens_full"] == FULL
+    assert crop["images"][0]["width"] == 224
+
+
+def test_usage_crop_matches_the_engines_prompt_token_savings(client):
+    message = [image_message([data_url(test_image(11))])]
+    off = ask(client, message, crop={"mode": "off"})
+    pruned = ask(client, message, crop={"mode": "plc", "regions": [QUARTER]})
+    crop = pruned.usage.crop
+    assert (crop["visual_tokens_full"], crop["visual_tokens_after_plc"]) == (FULL, QUARTER_KEPT)
+    assert crop["visual_tokens_after_ilp"] == crop["visual_tokens_after_plc"]  # ILP not yet on
+    assert crop["saved_fraction"] == pytest.approx(1 - QUARTER_KEPT / FULL)
+    assert off.usage.prompt_tokens - pruned.usage.prompt_tokens == saved_by_plc(crop)
+    assert off.usage.crop["visual_tokens_after_plc"] == FULL
+
+
+def test_client_region_is_reported_with_its_paper_grid_cells(client):
+    response = ask(client, [image_message([data_url(test_image(12))])], crop={"regions": [QUARTER]})
+    image = response.usage.crop["images"][0]
+    assert image["region"] == QUARTER
+    assert image["region_source"] == "client"
+    assert image["cells"] == [0, 0, 3, 3]
+    assert image["reason"] is None
+
+
+def test_without_a_crop_field_auto_mode_prunes_nothing_when_the_localizer_is_none(client):
+    response = ask(client, [image_message([data_url(test_image(13))])])
+    crop = response.usage.crop
+    assert crop["mode"] == "plc"  # what `auto` applies
+    assert crop["saved_fraction"] == 0
+    assert crop["images"][0]["region"] is None
+    assert "localizer is disabled" in crop["images"][0]["reason"]
+
+
+def test_crop_off_skips_the_localizer_and_says_so(client):
+    crop = ask(client, [image_message([data_url(test_image(14))])], crop={"mode": "off"}).usage.crop
+    assert crop["mode"] == "off"
+    assert crop["images"][0]["reason"] == "crop mode is off for this request"
+    assert crop["images"][0]["localizer_seconds"] == 0
+
+
+def test_streaming_sends_the_same_text_and_usage_crop_in_the_usage_chunk(client):
+    message = [image_message([data_url(test_image(15))])]
+    whole = ask(client, message, crop={"regions": [QUARTER]})
+    stream = ask(
+        client,
+        message,
+        crop={"regions": [QUARTER]},
+        stream=True,
+        stream_options={"include_usage": True},
+    )
+    chunks = list(stream)
+    text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
+    assert text == whole.choices[0].message.content
+    assert chunks[0].choices[0].delta.role == "assistant"
+    assert [c.choices[0].finish_reason for c in chunks if c.choices][-1] == "length"
+    usage_chunks = [c for c in chunks if c.usage is not None]
+    assert len(usage_chunks) == 1 and usage_chunks[0] is chunks[-1]
+    assert not chunks[-1].choices
+    assert usage_chunks[0].usage.prompt_tokens == whole.usage.prompt_tokens
+    assert usage_chunks[0].usage.crop["visual_tokens_after_plc"] == QUARTER_KEPT
+
+
+def test_streaming_without_include_usage_sends_no_usage(client):
+    stream = ask(client, [image_message([data_url(test_image(16))])], stream=True)
+    assert all(chunk.usage is None for chunk in stream)
+
+
+def test_image_by_http_url_from_the_allowed_local_server(client, image_server):
+    by_url = ask(client, [image_message([image_server.url + "/small.png"])], crop={"mode": "off"})
+    by_data = ask(
+        client, [image_message([data_url(image_server.images["small"])])], crop={"mode": "off"}
+    )
+    assert by_url.usage.prompt_tokens == by_data.usage.prompt_tokens
+    assert by_url.choices[0].message.content == by_data.choices[0].message.content
+
+
+def test_text_only_request_has_no_visual_tokens(client):
+    response = ask(client, [{"role": "user", "content": "Say something."}])
+    crop = response.usage.crop
+    assert crop["images"] == []
+    assert crop["visual_tokens_full"] == 0 and crop["saved_fraction"] == 0
+    assert response.usage.prompt_tokens > 0
+
+
+def test_two_images_each_get_their_own_region(client):
+    images = [data_url(test_image(17)), data_url(test_image(18, (196, 224)))]
+    off = ask(client, [image_message(images)], crop={"mode": "off"})
+    pruned = ask(client, [image_message(images)], crop={"regions": [QUARTER, None]})
+    first, second = pruned.usage.crop["images"]
+    assert (first["visual_tokens_after_plc"], second["visual_tokens_after_plc"]) == (
+        QUARTER_KEPT,
+        FULL,
+    )
+    assert second["region"] is None and second["reason"]
+    assert off.usage.prompt_tokens - pruned.usage.prompt_tokens == FULL - QUARTER_KEPT
+
+
+def test_max_completion_tokens_bounds_the_answer(client):
+    response = ask(client, [image_message([data_url(test_image(19))])], max_completion_tokens=3)
+    assert response.usage.completion_tokens == 3
+    assert response.choices[0].finish_reason == "length"
+
+
+def test_n_choices_with_a_seed_are_reproducible(client):
+    message = [{"role": "user", "content": "Tell me a story."}]
+    first = ask(client, message, n=2, temperature=1.0, seed=7, max_tokens=8)
+    second = ask(client, message, n=2, temperature=1.0, seed=7, max_tokens=8)
+    assert [c.index for c in first.choices] == [0, 1]
+    assert [c.message.content for c in first.choices] == [c.message.content for c in second.choices]
+    assert first.usage.completion_tokens == 16
+
+
+def test_stop_string_ends_the_answer_before_it(client):
+    message = [{"role": "user", "content": "What is shown?"}]
+    free = ask(client, message, max_tokens=8).choices[0].message.content
+    stop = free[len(free) // 2 :].strip()[:3]
+    stopped = ask(client, message, max_tokens=8, stop=[stop]).choices[0]
+    assert stopped.finish_reason == "stop"
+    assert stopped.message.content == free[: free.index(stop)]
+
+
+def test_logprobs_come_with_the_requested_alternatives(client):
+    response = ask(
+        client, [{"role": "user", "content": "Hello"}], logprobs=True, top_logprobs=2, max_tokens=4
+    )
+    entries = response.choices[0].logprobs.content
+    assert len(entries) == 4
+    assert "".join(e.token for e in entries) == response.choices[0].message.content
+    for entry in entries:
+        assert entry.logprob <= 0
+        assert len(entry.top_logprobs) == 2
+        assert entry.top_logprobs[0].logprob >= entry.top_logprobs[1].logprob
+
+
+def test_models_lists_the_served_model(client):
+    assert [m.id for m in client.models.list().data] == [MODEL_NAME]
+
+
+def test_health_reports_the_embedded_engine(gateway):
+    response = httpx.get(gateway.url + "/health")
+    assert response.status_code == 200
+    assert response.json()["engine"]["kind"] == "embedded"
+
+
+def test_request_id_is_echoed_and_names_the_completion(http):
+    response = http.post(
+        "/v1/chat/completions",
+        headers={"X-Request-Id": "trace-42"},
+        json={
+            "model": MODEL_NAME,
+            "messages": [{"role": "user", "content": "Hi"}],
+            "max_tokens": 1,
+        },
+    )
+    assert response.headers["x-request-id"] == "trace-42"
+    assert response.json()["id"] == "chatcmpl-trace-42"
+
+
+def test_each_request_gets_a_fresh_id_when_none_is_given(http):
+    body = {"model": MODEL_NAME, "messages": [{"role": "user", "content": "Hi"}], "max_tokens": 1}
+    ids = {http.post("/v1/chat/completions", json=body).headers["x-request-id"] for _ in range(2)}
+    assert len(ids) == 2
