@@ -26,6 +26,7 @@ from crop_localizer.offline import prepare_ultralytics
 prepare_ultralytics()
 
 import torch  # noqa: E402
+import torchvision  # noqa: E402, F401  (Ultralytics' NMS uses its kernel only once imported)
 from ultralytics.data.augment import LetterBox  # noqa: E402
 from ultralytics.nn.tasks import WorldModel, load_checkpoint  # noqa: E402
 from ultralytics.utils.nms import non_max_suppression  # noqa: E402

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import sys
+
 import numpy as np
 import pytest
 import torch
@@ -159,3 +161,9 @@ def test_checkpoint_class_embeddings_become_the_builtin_vocabulary(world_model):
 
 def test_yaml_model_with_placeholder_names_has_no_builtin_vocabulary(detector):
     assert detector.builtin_vocabulary() is None
+
+
+def test_fast_nms_kernel_is_available_to_ultralytics():
+    # Without torchvision imported, Ultralytics falls back to a pure-torch NMS that took
+    # seconds per image on a random-init model's thousands of candidate boxes.
+    assert "torchvision" in sys.modules
