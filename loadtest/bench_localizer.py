@@ -98,6 +98,7 @@ def percentile(values: list[float], q: float) -> float:
 def stage_times(detector: YoloWorldDetector, vocabulary, image: Image.Image) -> str:
     """Median milliseconds of preprocess / forward / NMS for one image (2 class prompts)."""
     prompts = [ClassPrompts(("umbrella", "woman"), vocabulary.embed(["umbrella", "woman"]))]
+    detector.detect([image], prompts)  # warm-up: the first pass at a shape builds kernels
     samples = []
     for _ in range(3):
         with torch.inference_mode():
