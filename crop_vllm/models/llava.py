@@ -14,23 +14,14 @@ from vllm.model_executor.models.llava import (
 )
 from vllm.multimodal import MULTIMODAL_REGISTRY
 
-from crop_vllm.models.utils import (
-    CropProcessorMixin,
-    Grid,
-    apply_plan,
-    pop_plans,
-)
+from crop_vllm.geometry import Grid, llava_grids
+from crop_vllm.models.utils import CropProcessorMixin, apply_plan, pop_plans
 from crop_vllm.options import CropSettings
-
-
-def llava_grid(info: LlavaProcessingInfo) -> Grid:
-    side = info.get_vision_encoder_info().get_patch_grid_length()
-    return Grid(side, side)
 
 
 class CropLlavaMultiModalProcessor(CropProcessorMixin, LlavaMultiModalProcessor):
     def crop_grids(self, out_item: Mapping[str, object]) -> list[Grid]:
-        return [llava_grid(self.info)]
+        return llava_grids(self.info.get_hf_config())
 
 
 @MULTIMODAL_REGISTRY.register_processor(
@@ -44,8 +35,7 @@ class CropLlavaForConditionalGeneration(LlavaForConditionalGeneration):
         if self.config.vision_feature_select_strategy != "default":
             raise ValueError("CROP for LLaVA needs vision_feature_select_strategy='default'")
         self.crop_settings = CropSettings.from_hf_config(self.config)
-        side = self.config.vision_config.image_size // self.config.vision_config.patch_size
-        self.crop_grid = Grid(side, side)
+        (self.crop_grid,) = llava_grids(self.config)
 
     def embed_multimodal(self, **kwargs: object) -> MultiModalEmbeddings:
         plans = pop_plans(kwargs)

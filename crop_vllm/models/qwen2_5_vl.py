@@ -21,11 +21,11 @@ from vllm.model_executor.models.qwen2_5_vl import (
 from vllm.multimodal import MULTIMODAL_REGISTRY
 from vllm.multimodal.inputs import MultiModalFeatureSpec
 
+from crop_vllm.geometry import Grid, qwen_grid_from_thw
 from crop_vllm.models.utils import (
     MODE_FIELD,
     REGION_FIELD,
     CropProcessorMixin,
-    Grid,
     apply_plan,
     decode_plan_field,
     grid_layouts,
@@ -34,18 +34,10 @@ from crop_vllm.models.utils import (
 from crop_vllm.options import CropSettings
 
 
-def merged_grid(grid_thw: torch.Tensor, merge_size: int) -> Grid:
-    """The LLM-side grid of one image from its patch grid (t, h, w)."""
-    t, h, w = (int(v) for v in grid_thw.tolist())
-    if t != 1:
-        raise ValueError(f"an image has one temporal patch, got t={t}")
-    return Grid(h // merge_size, w // merge_size)
-
-
 class CropQwen2_5_VLMultiModalProcessor(CropProcessorMixin, Qwen2_5_VLMultiModalProcessor):
     def crop_grids(self, out_item: Mapping[str, object]) -> list[Grid]:
         merge = self.info.get_hf_config().vision_config.spatial_merge_size
-        return [merged_grid(out_item["image_grid_thw"], merge)]  # type: ignore[arg-type]
+        return [qwen_grid_from_thw(out_item["image_grid_thw"].tolist(), merge)]  # type: ignore[attr-defined]
 
 
 @MULTIMODAL_REGISTRY.register_processor(
@@ -69,7 +61,7 @@ class CropQwen2_5_VLForConditionalGeneration(Qwen2_5_VLForConditionalGeneration)
         first = 0 if modalities[0] == "image" else len(embeddings) - len(plans)
         grids = kwargs["image_grid_thw"]
         for index, (plan, grid_thw) in enumerate(zip(plans, grids, strict=True)):
-            grid = merged_grid(grid_thw, self.crop_merge)
+            grid = qwen_grid_from_thw(grid_thw.tolist(), self.crop_merge)
             embeddings[first + index] = apply_plan(
                 embeddings[first + index], grid, plan, self.crop_settings
             )

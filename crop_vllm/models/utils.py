@@ -11,14 +11,14 @@ How a request's regions travel:
 3. `_apply_hf_processor_main` strips the keys before the HF processor sees them and attaches
    per-image fields `crop_region` / `crop_mode` (integers, so no dtype cast can move a
    region across a cell boundary between the processor and the worker).
-4. `_get_prompt_updates` sizes each image's placeholders from those fields (`crop_grids` +
-   `crop_vllm.layout`), and the model applies the same layout in `embed_multimodal`.
+4. `_get_prompt_updates` sizes each image's placeholders from those fields (`crop_grids`, from
+   `crop_vllm.geometry`), and the model applies the same layout in `embed_multimodal`.
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from functools import cached_property, lru_cache
 
 import torch
@@ -27,6 +27,7 @@ from vllm.multimodal.inputs import MultiModalFieldConfig, MultiModalKwargsItems
 from vllm.multimodal.parse import ImageProcessorItems, MultiModalDataItems
 from vllm.multimodal.processing import PromptUpdate
 
+from crop_vllm.geometry import Grid, num_image_tokens
 from crop_vllm.layout import CropMode, Layout, Region, build_layout
 from crop_vllm.options import (
     CropSettings,
@@ -43,28 +44,10 @@ _FIXED_POINT = 1_000_000  # regions cross processes as integer millionths
 _MODES = list(CropMode)
 
 
-@dataclass(frozen=True)
-class Grid:
-    """One visual grid of an image; `row_separators` when the family ends each row with a token
-    (LLaVA-NeXT's image_newline)."""
-
-    rows: int
-    cols: int
-    row_separators: bool = False
-
-
 def grid_layouts(grids: Sequence[Grid], plan: ImagePlan | None, settings: CropSettings):
     """The PLC layout of each grid (an identity layout where PLC does not apply)."""
     region = plan.plc_region if plan is not None else None
     return [build_layout(g.rows, g.cols, region, settings.plc) for g in grids]
-
-
-def num_image_tokens(grids: Sequence[Grid], plan: ImagePlan | None, settings: CropSettings) -> int:
-    """Placeholder count of one image: kept tokens plus a separator per non-empty row."""
-    return sum(
-        len(layout) + (len(layout.row_ends()) if grid.row_separators else 0)
-        for grid, layout in zip(grids, grid_layouts(grids, plan, settings), strict=True)
-    )
 
 
 def encode_plan_fields(plans: Sequence[ImagePlan | None]) -> dict[str, torch.Tensor]:
@@ -199,7 +182,9 @@ class CropProcessorMixin:
             if plan is None or plan.plc_region is None:
                 return tokens
             data = {key: elem.data for key, elem in item.items()}
-            return tokens[:1] * num_image_tokens(self.crop_grids(data), plan, settings)
+            return tokens[:1] * num_image_tokens(
+                self.crop_grids(data), plan.plc_region, settings.plc
+            )
 
         return replace(update, replacement=replacement)
 

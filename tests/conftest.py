@@ -1,0 +1,24 @@
+"""Shared fixtures: tiny checkpoints (built once per machine) and real vLLM engines."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+from tests.engine_fixtures import crop_engine, vllm_serve  # noqa: F401  (fixtures)
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+TINY_CACHE = Path(__file__).parent / ".cache" / "tiny"
+
+
+@pytest.fixture(scope="session")
+def tiny_checkpoint():
+    """`tiny_checkpoint(arch) -> Path`: a tiny random checkpoint, built on first use."""
+    from crop_vllm.testing.tiny_models import build_tiny_model
+
+    def get(arch: str) -> Path:
+        return build_tiny_model(arch, TINY_CACHE / arch)
+
+    return get

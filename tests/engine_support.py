@@ -1,0 +1,99 @@
+"""Helpers for tests that run real vLLM engines on the tiny checkpoints (CPU)."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")
+os.environ.setdefault("VLLM_CPU_OMP_THREADS_BIND", "nobind")
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+STOCK_ARCH = {
+    "llava": "LlavaForConditionalGeneration",
+    "llava_next": "LlavaNextForConditionalGeneration",
+    "qwen2_5_vl": "Qwen2_5_VLForConditionalGeneration",
+}
+CROP_ARCH = {key: "Crop" + name for key, name in STOCK_ARCH.items()}
+
+_PLACEHOLDER = {
+    "llava": "<image>\n",
+    "llava_next": "<image>\n",
+    "qwen2_5_vl": "<|vision_start|><|image_pad|><|vision_end|>",
+}
+
+MAX_TOKENS = 16
+
+
+def make_prompt(arch: str, num_images: int, question: str) -> str:
+    """The family's chat format with `num_images` image placeholders."""
+    images = _PLACEHOLDER[arch] * num_images
+    if arch == "qwen2_5_vl":
+        return f"<|im_start|>user\n{images}{question}<|im_end|>\n<|im_start|>assistant\n"
+    return f"USER: {images}{question} ASSISTANT:"
+
+
+def test_image(seed: int, size: tuple[int, int] = (224, 160)) -> Image.Image:
+    """A deterministic image with structure (gradients + blocks), `size` = (width, height)."""
+    width, height = size
+    rng = np.random.default_rng(seed)
+    y, x = np.mgrid[0:height, 0:width]
+    base = np.stack([x * 255 / width, y * 255 / height, (x + y) * 127 / (width + height)], -1)
+    for _ in range(4):
+        x0, y0 = rng.integers(0, width - 16), rng.integers(0, height - 16)
+        base[y0 : y0 + rng.integers(8, 48), x0 : x0 + rng.integers(8, 48)] = rng.integers(0, 255, 3)
+    return Image.fromarray(base.clip(0, 255).astype(np.uint8))
+
+
+test_image.__test__ = False  # a helper, not a test
+
+
+def make_llm(checkpoint: Path, architecture: str, **overrides):
+    """A real vLLM engine on CPU, float32 and eager, small enough for CI."""
+    from vllm import LLM
+
+    hf_overrides = {"architectures": [architecture], **overrides.pop("hf_overrides", {})}
+    return LLM(
+        model=str(checkpoint),
+        hf_overrides=hf_overrides,
+        dtype="float32",
+        enforce_eager=True,
+        max_model_len=2048,
+        max_num_seqs=8,
+        limit_mm_per_prompt={"image": 2},
+        seed=0,
+        **overrides,
+    )
+
+
+def shutdown(llm) -> None:
+    llm.llm_engine.engine_core.shutdown()
+
+
+def greedy(llm, requests: list[dict], logprobs: bool = True):
+    """Greedy outputs for a batch of prompt dicts, in order."""
+    from vllm import SamplingParams
+
+    params = SamplingParams(temperature=0, max_tokens=MAX_TOKENS, logprobs=1 if logprobs else None)
+    return llm.generate(requests, params, use_tqdm=False)
+
+
+def request(arch: str, images: list[Image.Image], question: str, **crop) -> dict:
+    prompt = {
+        "prompt": make_prompt(arch, len(images), question),
+        "multi_modal_data": {"image": images if len(images) > 1 else images[0]},
+    }
+    if crop:
+        prompt["mm_processor_kwargs"] = crop
+    return prompt
+
+
+def chosen_logprobs(output) -> list[float]:
+    completion = output.outputs[0]
+    return [
+        step[token].logprob
+        for step, token in zip(completion.logprobs, completion.token_ids, strict=True)
+    ]
