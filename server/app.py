@@ -26,7 +26,6 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from starlette.types import Receive, Scope, Send
 
 from crop_localizer import LocalizationResult, Localizer, build_localizer
-from crop_vllm.options import SUPPORTED_MODES
 from server.accounting import ModelGeometry
 from server.config import GatewayConfig
 from server.engines import Engine, EngineError, EngineEvent, TokenLogprob
@@ -103,11 +102,6 @@ def create_app(
     engine: Engine | None = None,
     localizer: Localizer | None = None,
 ) -> FastAPI:
-    if config.crop.default_mode not in SUPPORTED_MODES:
-        raise ValueError(
-            f"crop default mode {config.crop.default_mode.value!r} is not supported by this "
-            "server yet"
-        )
     metrics = GatewayMetrics()
 
     @contextlib.asynccontextmanager
@@ -484,17 +478,21 @@ class _EventStream(StreamingResponse):
         self._state = state
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        completed = False
         try:
             async with anyio.create_task_group() as group:
 
                 async def stream() -> None:
+                    nonlocal completed
                     with contextlib.suppress(OSError):
                         await self.stream_response(send)
+                        completed = True
                     group.cancel_scope.cancel()
 
                 group.start_soon(stream)
                 await self.listen_for_disconnect(receive)
-                self._state["client_gone"] = True
+                # The server also reports a disconnect once the response is complete.
+                self._state["client_gone"] = not completed
                 group.cancel_scope.cancel()
         finally:
             await _aclose(self.body_iterator)  # type: ignore[arg-type]

@@ -21,6 +21,7 @@ from typing import Any
 
 from crop_localizer import LocalizerConfig, LocalizerKind
 from crop_vllm.layout import CropMode
+from server.app import create_app
 from server.config import CropDefaults, GatewayConfig, Limits
 from server.images import ImageLimits, parse_networks
 from server.middleware import RequestIdFilter
@@ -246,14 +247,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     # The demo runs on CPU-only machines too; these only matter to vLLM's CPU backend.
     os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "2")
     os.environ.setdefault("VLLM_CPU_OMP_THREADS_BIND", "nobind")
-    from server.app import create_app
-
     try:
-        app = create_app(config_from_args(args))
+        config = config_from_args(args)
     except ValueError as exc:
         print(f"crop-server: {exc}", file=sys.stderr)
         return 2
-    serve(app, args)
+    serve(create_app(config), args)
     return 0
 
 

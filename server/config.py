@@ -7,6 +7,7 @@ from typing import Any, Literal
 
 from crop_localizer import LocalizerConfig, LocalizerKind
 from crop_vllm.layout import CropMode
+from crop_vllm.options import SUPPORTED_MODES
 from server.images import ImageLimits
 from server.protocol import RequestCropMode
 
@@ -33,6 +34,8 @@ class CropDefaults:
         object.__setattr__(self, "default_mode", CropMode(self.default_mode))
         if self.default_mode is CropMode.OFF:
             raise ValueError("default_mode is the pruning `auto` applies; use request_mode 'off'")
+        if self.default_mode not in SUPPORTED_MODES:
+            raise ValueError(f"crop mode {self.default_mode.value!r} is not supported yet")
 
     def hf_overrides(self) -> dict[str, object]:
         return {

@@ -78,7 +78,7 @@ def address_allowed(address: IPAddress, limits: ImageLimits) -> bool:
 
 @dataclass
 class _Target:
-    """One hop: the URL to request (host replaced by the checked address) and its real host."""
+    """The URL to request (host replaced by a checked address) and the real host name."""
 
     url: str
     host_header: str
@@ -149,18 +149,7 @@ class ImageLoader:
 
     async def _fetch(self, url: str) -> bytes:
         for _hop in range(self.limits.max_redirects + 1):
-            target = await self._resolve(url)
-            request = self._client.build_request(
-                "GET", target.url, headers={"Host": target.host_header}
-            )
-            if target.sni_hostname:
-                request.extensions["sni_hostname"] = target.sni_hostname
-            try:
-                response = await self._client.send(request, stream=True)
-            except httpx.HTTPError as exc:
-                raise ImageError(
-                    f"could not fetch the image: {type(exc).__name__}", "image_fetch_failed"
-                ) from None
+            response = await self._connect(await self._resolve(url))
             try:
                 if response.status_code in _REDIRECTS:
                     location = response.headers.get("location")
@@ -181,8 +170,27 @@ class ImageLoader:
             "image_fetch_failed",
         )
 
-    async def _resolve(self, url: str) -> _Target:
-        """Check the URL's host (every address it resolves to) and pin the connection to it."""
+    async def _connect(self, targets: list[_Target]) -> httpx.Response:
+        """GET the first of the checked addresses that accepts a connection."""
+        failure: httpx.HTTPError | None = None
+        for target in targets:
+            request = self._client.build_request(
+                "GET", target.url, headers={"Host": target.host_header}
+            )
+            if target.sni_hostname:
+                request.extensions["sni_hostname"] = target.sni_hostname
+            try:
+                return await self._client.send(request, stream=True)
+            except httpx.HTTPError as exc:
+                failure = exc
+                if not isinstance(exc, httpx.ConnectError):
+                    break
+        raise ImageError(
+            f"could not fetch the image: {type(failure).__name__}", "image_fetch_failed"
+        )
+
+    async def _resolve(self, url: str) -> list[_Target]:
+        """Check the URL's host (every address it resolves to); one pinned target per address."""
         parts = urlsplit(url)
         host = parts.hostname
         if parts.scheme not in ("http", "https") or not host:
@@ -201,13 +209,14 @@ class ImageLoader:
                 "loopback, link-local or otherwise non-public address)",
                 "image_url_blocked",
             )
-        address = addresses[0]
-        netloc_host = f"[{address}]" if address.version == 6 else str(address)
-        netloc = f"{netloc_host}:{port}"
-        pinned = urlunsplit((parts.scheme, netloc, parts.path or "/", parts.query, ""))
         host_header = parts.netloc.rpartition("@")[2]
         sni = host if parts.scheme == "https" and not _is_ip(host) else None
-        return _Target(pinned, host_header, sni)
+        targets = []
+        for address in addresses:
+            netloc = f"[{address}]:{port}" if address.version == 6 else f"{address}:{port}"
+            pinned = urlunsplit((parts.scheme, netloc, parts.path or "/", parts.query, ""))
+            targets.append(_Target(pinned, host_header, sni))
+        return targets
 
     @staticmethod
     async def _addresses(host: str, port: int) -> list[IPAddress]:

@@ -1,0 +1,95 @@
+"""`/metrics`, read with prometheus_client's own parser: each counter moves by what was served."""
+
+from __future__ import annotations
+
+import httpx
+import openai
+import pytest
+from prometheus_client.parser import text_string_to_metric_families
+
+from tests.engine_support import test_image
+from tests.gateway_fixtures import *  # noqa: F403  (fixtures)
+from tests.gateway_fixtures import MODEL_NAME, QUARTER, data_url, image_message
+
+pytestmark = pytest.mark.engine
+
+Samples = dict[tuple[str, tuple[tuple[str, str], ...]], float]
+
+
+def scrape(gateway) -> Samples:
+    response = httpx.get(gateway.url + "/metrics")
+    assert response.headers["content-type"].startswith("text/plain")
+    return {
+        (sample.name, tuple(sorted(sample.labels.items()))): sample.value
+        for family in text_string_to_metric_families(response.text)
+        for sample in family.samples
+    }
+
+
+class Delta:
+    def __init__(self, before: Samples, after: Samples) -> None:
+        self.before, self.after = before, after
+
+    def __call__(self, name: str, **labels: str) -> float:
+        key = (name, tuple(sorted(labels.items())))
+        return self.after.get(key, 0.0) - self.before.get(key, 0.0)
+
+
+def test_every_gateway_metric_is_named_crop(gateway):
+    names = {name for name, _ in scrape(gateway)}
+    assert names and all(name.startswith("crop_") for name in names)
+
+
+def test_a_pruned_request_and_a_refused_one_move_the_counters_exactly(gateway, client):
+    before = scrape(gateway)
+    response = client.chat.completions.create(
+        model=MODEL_NAME,
+        messages=[image_message([data_url(test_image(50))])],
+        max_tokens=4,
+        temperature=0,
+        extra_body={"crop": {"regions": [QUARTER]}},
+    )
+    with pytest.raises(openai.NotFoundError):
+        client.chat.completions.create(model="nope", messages=[{"role": "user", "content": "x"}])
+    delta = Delta(before, scrape(gateway))
+
+    assert delta("crop_requests_total", endpoint="chat", mode="auto", status="200") == 1
+    assert delta("crop_requests_total", endpoint="chat", mode="auto", status="404") == 1
+    assert delta("crop_visual_tokens_total", stage="full") == 64
+    assert delta("crop_visual_tokens_total", stage="after_plc") == 19
+    assert delta("crop_visual_tokens_total", stage="after_ilp") == 19
+    assert delta("crop_visual_tokens_saved_total") == 45
+    assert delta("crop_prompt_tokens_total") == response.usage.prompt_tokens
+    assert delta("crop_completion_tokens_total") == 4
+    assert delta("crop_images_total", source="client") == 1
+    assert delta("crop_localization_seconds_count") == 1
+    assert delta("crop_localization_batch_size_sum") == 0  # the client's region: nothing to find
+    assert delta("crop_time_to_first_token_seconds_count") == 1
+    assert delta("crop_request_duration_seconds_count", endpoint="chat") == 2
+    assert scrape(gateway)[("crop_requests_in_flight", (("endpoint", "chat"),))] == 0
+
+
+def test_a_streamed_request_without_crop_counts_its_full_visual_tokens(gateway, client):
+    before = scrape(gateway)
+    stream = client.chat.completions.create(
+        model=MODEL_NAME,
+        messages=[image_message([data_url(test_image(51))])],
+        max_tokens=3,
+        stream=True,
+        extra_body={"crop": {"mode": "off"}},
+    )
+    assert len([c for c in stream if c.choices and c.choices[0].delta.content]) == 3
+    delta = Delta(before, scrape(gateway))
+    assert delta("crop_requests_total", endpoint="chat", mode="off", status="200") == 1
+    assert delta("crop_visual_tokens_total", stage="full") == 64
+    assert delta("crop_visual_tokens_total", stage="after_plc") == 64
+    assert delta("crop_visual_tokens_saved_total") == 0
+    assert delta("crop_localization_seconds_count") == 0  # mode off: no localization stage
+    assert delta("crop_completion_tokens_total") == 3
+
+
+def test_an_unreadable_body_counts_with_mode_unknown(gateway, http):
+    before = scrape(gateway)
+    assert http.post("/v1/chat/completions", content=b"{").status_code == 400
+    delta = Delta(before, scrape(gateway))
+    assert delta("crop_requests_total", endpoint="chat", mode="unknown", status="400") == 1
