@@ -1,0 +1,1 @@
+"""Test and benchmark helpers (tiny random-weight checkpoints)."""

@@ -1,0 +1,239 @@
+"""The tiny random-weight checkpoints load in transformers and decode non-degenerately.
+
+No vLLM engine here (engine tests live elsewhere); the vLLM-vs-transformers greedy check was
+done by hand (see crop_vllm/testing/tiny_models.py).
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+
+import pytest
+import torch
+from safetensors import safe_open
+
+from crop_vllm.testing.tiny_models import (
+    ARCHES,
+    MARKER_FILE,
+    build_tiny_model,
+    chat_messages,
+    model_spec,
+    suppressed_token_ids,
+    synthetic_image,
+)
+
+# Hub key layout: llava-hf checkpoints and Qwen/Qwen2.5-VL-*.
+HUB_PREFIXES = {
+    "llava": (
+        "language_model.model.",
+        "language_model.lm_head.",
+        "multi_modal_projector.",
+        "vision_tower.vision_model.",
+    ),
+    "llava_next": (
+        "language_model.model.",
+        "language_model.lm_head.",
+        "multi_modal_projector.",
+        "vision_tower.vision_model.",
+        "image_newline",
+    ),
+    "qwen2_5_vl": ("model.", "lm_head.", "visual."),
+}
+# Visual tokens for one 224x224 image.
+TOKENS_224 = {"llava": 64, "llava_next": 2 * 8 * 2 * 8 + 2 * 8 + 8 * 8, "qwen2_5_vl": 64}
+CPU_ATTN_HEAD_SIZES = (32, 64, 80, 96, 112, 128, 160, 192, 224, 256, 512)
+
+
+@functools.cache
+def _loaded(path: str, arch: str):
+    from transformers import AutoProcessor
+
+    from crop_vllm.testing.tiny_models import _model_class
+
+    processor = AutoProcessor.from_pretrained(path)
+    model, info = _model_class(arch).from_pretrained(path, output_loading_info=True)
+    return processor, model.eval(), info
+
+
+@pytest.fixture(params=ARCHES)
+def arch(request) -> str:
+    return request.param
+
+
+@pytest.fixture
+def loaded(arch, tiny_checkpoint):
+    return _loaded(str(tiny_checkpoint(arch)), arch)
+
+
+def test_weights_use_the_hub_layout_and_load_without_missing_keys(arch, tiny_checkpoint, loaded):
+    path = tiny_checkpoint(arch)
+    with safe_open(path / "model.safetensors", "pt") as f:
+        keys = list(f.keys())
+        dtypes = {f.get_slice(k).get_dtype() for k in keys}
+    assert keys
+    assert dtypes == {"F32"}
+    assert all(k.startswith(HUB_PREFIXES[arch]) for k in keys), sorted(keys)[:5]
+    _, model, info = loaded
+    assert {k: v for k, v in info.items() if v} == {}
+    lm_head = next(k for k in keys if "lm_head" in k)
+    with safe_open(path / "model.safetensors", "pt") as f:
+        assert torch.equal(f.get_tensor(lm_head), model.lm_head.weight)
+
+
+def test_config_fits_vllm_cpu(arch, tiny_checkpoint, loaded):
+    config = json.loads((tiny_checkpoint(arch) / "config.json").read_text())
+    _, model, _ = loaded
+    text = model.config.get_text_config()
+    assert config["dtype"] == "float32"
+    assert config["tie_word_embeddings"] is False
+    assert not text.tie_word_embeddings
+    head_dim = getattr(text, "head_dim", None) or text.hidden_size // text.num_attention_heads
+    assert head_dim in CPU_ATTN_HEAD_SIZES
+    assert text.num_hidden_layers == 4
+    assert 64 <= text.hidden_size <= 128
+    assert 256 <= text.vocab_size <= 1024
+    if arch == "qwen2_5_vl":
+        assert sum(text.rope_parameters["mrope_section"]) == head_dim // 2
+        vision = model.config.vision_config
+        assert vision.out_hidden_size == text.hidden_size
+        assert vision.depth == 2
+    else:
+        assert model.config.vision_config.num_hidden_layers == 2
+
+
+def test_special_tokens_match_the_config(arch, loaded):
+    processor, model, _ = loaded
+    tok = processor.tokenizer
+    config = model.config
+    if arch == "qwen2_5_vl":
+        assert tok.convert_tokens_to_ids("<|image_pad|>") == config.image_token_id
+        assert tok.convert_tokens_to_ids("<|video_pad|>") == config.video_token_id
+        assert tok.convert_tokens_to_ids("<|vision_start|>") == config.vision_start_token_id
+        assert tok.convert_tokens_to_ids("<|vision_end|>") == config.vision_end_token_id
+        assert tok.eos_token == "<|im_end|>"
+    else:
+        assert tok.convert_tokens_to_ids("<image>") == config.image_token_index
+        assert (tok.bos_token, tok.eos_token) == ("<s>", "</s>")
+    assert len(tok) == config.get_text_config().vocab_size
+
+
+def test_text_round_trips(loaded):
+    tok = loaded[0].tokenizer
+    text = "What color is the car on the left? It's 42% blue, naïve café! \u263a"
+    ids = tok(text, add_special_tokens=False).input_ids
+    assert tok.decode(ids) == text
+
+
+def test_chat_template_renders_image_parts(arch, loaded):
+    processor = loaded[0]
+    messages = chat_messages("What is shown?")
+    url_messages = [
+        {
+            "role": "user",
+            "content": [
+                {"type": "image_url", "image_url": {"url": "data:image/png;base64,AAAA"}},
+                {"type": "text", "text": "What is shown?"},
+            ],
+        }
+    ]
+    for template_owner in (processor, processor.tokenizer):
+        rendered = template_owner.apply_chat_template(
+            messages, add_generation_prompt=True, tokenize=False
+        )
+        assert rendered == processor.tokenizer.apply_chat_template(
+            url_messages, add_generation_prompt=True, tokenize=False
+        )
+    if arch == "qwen2_5_vl":
+        assert "<|vision_start|><|image_pad|><|vision_end|>What is shown?<|im_end|>" in rendered
+        assert rendered.endswith("<|im_start|>assistant\n")
+    else:
+        assert rendered == "<s>USER: <image>\nWhat is shown? ASSISTANT:"
+
+
+def test_generates_from_an_image_and_a_question(arch, loaded):
+    processor, model, _ = loaded
+    messages = [
+        {
+            "role": "user",
+            "content": [
+                {"type": "image", "image": synthetic_image(224, 224, seed=0)},
+                {"type": "text", "text": "What is shown in this image?"},
+            ],
+        }
+    ]
+    inputs = processor.apply_chat_template(
+        messages, add_generation_prompt=True, tokenize=True, return_dict=True, return_tensors="pt"
+    )
+    prompt = inputs["input_ids"][0]
+    assert int((prompt == model.config.image_token_id).sum()) == TOKENS_224[arch]
+    if arch != "qwen2_5_vl":  # exactly one BOS, written by the chat template
+        assert prompt[0] == processor.tokenizer.bos_token_id
+        assert int((prompt == processor.tokenizer.bos_token_id).sum()) == 1
+    with torch.no_grad():
+        out = model.generate(
+            **inputs,
+            do_sample=False,
+            max_new_tokens=16,
+            output_scores=True,
+            return_dict_in_generate=True,
+        )
+    tokens = out.sequences[0, len(prompt) :].tolist()
+    assert len(tokens) == 16  # special tokens (EOS included) are never generated
+    assert len(set(tokens)) > 1
+    assert not set(tokens) & set(suppressed_token_ids(processor.tokenizer))
+    margins = [float(torch.topk(s[0], 2).values.diff().abs()) for s in out.scores]
+    assert sorted(margins)[len(margins) // 2] > 1e-2
+    text = processor.tokenizer.decode(tokens, skip_special_tokens=True)
+    assert text.isprintable() and "\ufffd" not in text
+
+    # The image matters: another image changes the continuation.
+    messages[0]["content"][0]["image"] = synthetic_image(224, 224, seed=7)
+    other = processor.apply_chat_template(
+        messages,
+        add_generation_prompt=True,
+        tokenize=True,
+        return_dict=True,
+        return_tensors="pt",
+    )
+    with torch.no_grad():
+        other_tokens = model.generate(**other, do_sample=False, max_new_tokens=16)
+    assert other_tokens[0, -16:].tolist() != tokens
+
+
+def test_larger_image_gives_more_qwen_tokens(tiny_checkpoint):
+    processor = _loaded(str(tiny_checkpoint("qwen2_5_vl")), "qwen2_5_vl")[0]
+    out = processor.image_processor(images=[synthetic_image(448, 448)], return_tensors="pt")
+    assert out["image_grid_thw"].tolist() == [[1, 32, 32]]  # 16x16 merged tokens
+
+
+def test_build_is_idempotent(arch, tiny_checkpoint):
+    path = tiny_checkpoint(arch)
+    weights = path / "model.safetensors"
+    before = weights.stat().st_mtime_ns
+    assert build_tiny_model(arch, path) == path
+    assert weights.stat().st_mtime_ns == before
+    marker = json.loads((path / MARKER_FILE).read_text())
+    assert marker["spec"] == model_spec(arch, "tiny")
+
+
+def test_refuses_to_overwrite_a_foreign_directory(tmp_path):
+    (tmp_path / "notes.txt").write_text("not a checkpoint")
+    with pytest.raises(FileExistsError):
+        build_tiny_model("llava", tmp_path)
+
+
+def test_rejects_unknown_arch_and_size():
+    with pytest.raises(ValueError):
+        model_spec("gpt2")
+    with pytest.raises(ValueError):
+        model_spec("llava", "huge")
+
+
+def test_bench_spec_sizes():
+    for arch in ARCHES:
+        spec = model_spec(arch, "bench")
+        assert 8 <= spec["text"]["num_hidden_layers"] <= 12
+        assert 512 <= spec["text"]["hidden_size"] <= 1024
+    clip = model_spec("llava", "bench")["vision"]
+    assert (clip["image_size"] // clip["patch_size"]) ** 2 >= 256
