@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
 import io
 import os
 import socket
@@ -292,3 +293,59 @@ def image_server() -> Iterator[ImageServer]:
     yield ImageServer(f"http://127.0.0.1:{server.server_address[1]}", images)
     server.shutdown()
     server.server_close()
+
+
+# --------------------------------------------------------------------------------------------
+# A TCP forwarder, to put a switchable (and countable) hop in front of a real backend
+# --------------------------------------------------------------------------------------------
+
+
+class TcpForwarder:
+    """Forwards connections on its own loopback port to `target_port`; closed until `open()`.
+
+    `requests` lists the first line of the HTTP requests sent through it (keep-alive
+    included), so a test sees which backend a call went through.
+    """
+
+    def __init__(self, target_port: int) -> None:
+        self.target_port = target_port
+        self.port = free_port()
+        self.requests: list[str] = []
+        self._listener: socket.socket | None = None
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def open(self) -> None:
+        listener = socket.create_server(("127.0.0.1", self.port))
+        self._listener = listener
+        threading.Thread(target=self._accept, args=(listener,), daemon=True).start()
+
+    def close(self) -> None:
+        if self._listener is not None:
+            self._listener.close()
+            self._listener = None
+
+    def _accept(self, listener: socket.socket) -> None:
+        while True:
+            try:
+                client, _ = listener.accept()
+            except OSError:
+                return
+            upstream = socket.create_connection(("127.0.0.1", self.target_port))
+            threading.Thread(target=self._pump, args=(client, upstream, True), daemon=True).start()
+            threading.Thread(target=self._pump, args=(upstream, client, False), daemon=True).start()
+
+    def _pump(self, source: socket.socket, sink: socket.socket, record: bool) -> None:
+        try:
+            while data := source.recv(65536):
+                if record and data.startswith((b"GET /", b"POST /")):  # a request's first line
+                    self.requests.append(data.split(b"\r\n", 1)[0].decode("latin-1"))
+                sink.sendall(data)
+        except OSError:
+            pass
+        finally:
+            for end in (source, sink):
+                with contextlib.suppress(OSError):
+                    end.shutdown(socket.SHUT_RDWR)
