@@ -13,6 +13,7 @@ serve:
 	exec "$$venv/bin/python" -m crop_vllm.demo --host "$(HOST)" --port "$(PORT)" $(if $(MODEL),--model "$(MODEL)")
 
 test:
+	bash scripts/ci-system-deps.sh
 	venv=$$(bash scripts/bootstrap.sh | tail -n1)
 	"$$venv/bin/ruff" check .
 	"$$venv/bin/ruff" format --check .
