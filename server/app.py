@@ -297,7 +297,12 @@ def _add_routes(app: FastAPI) -> None:
         }
         return Response(png, media_type="image/png", headers=headers)
 
-    @app.get("/v1/models", response_model=ModelList, dependencies=[Depends(authenticate)])
+    @app.get(
+        "/v1/models",
+        response_model=ModelList,
+        responses={401: _ERRORS[401]},
+        dependencies=[Depends(authenticate)],
+    )
     async def list_models(gw: GatewayDep) -> ModelList:
         return ModelList(data=[ModelCard(id=gw.config.model_name, created=gw.created)])
 

@@ -21,6 +21,11 @@ RequestCropMode = Literal["auto", "off", "plc", "ilp", "plc+ilp"]
 
 _INT64_MIN, _INT64_MAX = -(2**63), 2**63 - 1
 
+#: [x0, y0, x1, y1] normalized to the image; x0 <= x1 and y0 <= y1 are checked on top.
+RegionList = Annotated[
+    list[Annotated[float, Field(ge=0.0, le=1.0)]], Field(min_length=4, max_length=4)
+]
+
 
 class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid")
@@ -89,7 +94,7 @@ class CropOptions(_Strict):
             "pruning. Modes this server does not implement yet are refused with 400."
         ),
     )
-    regions: list[list[float] | None] | None = Field(
+    regions: list[RegionList | None] | None = Field(
         None,
         description=(
             "One entry per image, in message order: [x0, y0, x1, y1] normalized to 0..1 "
@@ -100,7 +105,7 @@ class CropOptions(_Strict):
 
     @field_validator("regions")
     @classmethod
-    def _valid_regions(cls, value: list[list[float] | None] | None) -> list[list[float] | None]:
+    def _valid_regions(cls, value: list[RegionList | None] | None) -> list[RegionList | None]:
         if value is None:
             return value
         for index, raw in enumerate(value):
@@ -120,7 +125,9 @@ class ChatCompletionRequest(_Strict):
     temperature: float | None = Field(None, ge=0.0, le=2.0)
     top_p: float | None = Field(None, gt=0.0, le=1.0)
     seed: int | None = Field(None, ge=_INT64_MIN, le=_INT64_MAX)
-    stop: str | list[str] | None = Field(None, description="Up to 4 stop strings.")
+    stop: str | Annotated[list[str], Field(max_length=4)] | None = Field(
+        None, description="Up to 4 stop strings."
+    )
     n: int = Field(1, ge=1, description="Completions per request (the server sets a maximum).")
     presence_penalty: float | None = Field(None, ge=-2.0, le=2.0)
     frequency_penalty: float | None = Field(None, ge=-2.0, le=2.0)
@@ -130,13 +137,6 @@ class ChatCompletionRequest(_Strict):
     stream_options: StreamOptions | None = None
     user: str | None = None
     crop: CropOptions | None = None
-
-    @field_validator("stop")
-    @classmethod
-    def _at_most_four_stops(cls, value: str | list[str] | None) -> str | list[str] | None:
-        if isinstance(value, list) and len(value) > 4:
-            raise ValueError("at most 4 stop sequences")
-        return value
 
 
 # --------------------------------------------------------------------------------------------
