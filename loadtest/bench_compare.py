@@ -554,6 +554,7 @@ def main(argv: list[str] | None = None) -> int:
     model = args.model or build_tiny_model(args.arch, args.cache / f"{args.arch}-bench", "bench")
     logs = args.out / "logs"  # the servers' logs, kept for post-mortems
     logs.mkdir(exist_ok=True)
+    load_before = os.getloadavg()[0]  # other work on the machine skews every number
     with servers(args, Path(model), logs) as running:
         urls = {"stock": running["stock"].url, "gateway": running["gateway"].url}
         try:
@@ -561,7 +562,10 @@ def main(argv: list[str] | None = None) -> int:
         except RuntimeError as exc:
             raise SystemExit(f"benchmark failed: {exc}\nserver logs: {logs}") from exc
     rows = with_speedups([level.summary() for level in result["levels"]])
-    machine = f"{os.cpu_count()} CPU cores, {platform_name()}"
+    machine = (
+        f"{os.cpu_count()} CPU cores, {platform_name()}, 1-min load average "
+        f"{load_before:.1f} before / {os.getloadavg()[0]:.1f} after"
+    )
     down = result["downscale"]
     downscale = (
         f"downscale {down[0]}x{down[1]} ({down[2]} visual tokens vs PLC's {down[3]})"
