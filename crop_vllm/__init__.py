@@ -25,10 +25,17 @@ CROP_OF = {
 
 
 def register() -> None:
-    """Register the CROP architectures with vLLM's model registry."""
+    """Register the CROP architectures with vLLM's model registry and their startup check.
+
+    The model-runner patch inner-LLM pruning needs is applied by a CROP model that enables ILP,
+    when the worker builds it (importing the runner here would slow every process down).
+    """
     from vllm import ModelRegistry
+
+    from crop_vllm.ilp import startup
 
     supported = set(ModelRegistry.get_supported_archs())
     for name, target in CROP_ARCHITECTURES.items():
         if name not in supported:
             ModelRegistry.register_model(name, target)
+    startup.register(list(CROP_ARCHITECTURES))

@@ -227,3 +227,19 @@ def num_kept_tokens(
 ) -> int:
     """How many tokens PLC keeps: what the processor reserves as placeholders."""
     return len(build_layout(rows, cols, region, settings))
+
+
+@lru_cache(maxsize=1024)
+def region_marked_layout(rows: int, cols: int, region: Region) -> Layout:
+    """Every cell is its own token, `inside` telling whether it lies in the (snapped) region.
+
+    What plain ILP (no PLC) starts from: the prefill keeps the whole grid and inner-LLM pruning
+    later drops the tokens that are not `inside`.
+    """
+    if rows <= 0 or cols <= 0:
+        raise ValueError(f"grid must be non-empty, got {rows}x{cols}")
+    box = snap_to_grid(region, rows, cols)
+    tokens = tuple(
+        Token(r, c, (r * cols + c,), box.contains(r, c)) for r in range(rows) for c in range(cols)
+    )
+    return Layout(rows, cols, tokens)

@@ -23,11 +23,13 @@ SETTING_DEFAULTS: dict[str, object] = {
     "crop_outside_stride": 4,
     "crop_drop_outside": False,
     "crop_ilp_layer": 2,
+    "crop_enable_ilp": False,
     "crop_default_mode": "plc",
 }
 
-#: Modes implemented so far; ILP modes are refused until inner-LLM pruning lands.
-SUPPORTED_MODES = frozenset({CropMode.OFF, CropMode.PLC})
+#: Modes the plugin implements. ILP modes also need the server to opt in (`crop_enable_ilp`),
+#: because inner-LLM pruning constrains the engine (no prefix caching, eager execution).
+SUPPORTED_MODES = frozenset(CropMode)
 
 
 class CropRequestError(ValueError):
@@ -40,7 +42,15 @@ class CropSettings:
 
     plc: PLCSettings = field(default_factory=PLCSettings)
     ilp_layer: int = 2
+    ilp_enabled: bool = False
     default_mode: CropMode = CropMode.PLC
+
+    @property
+    def enabled_modes(self) -> frozenset[CropMode]:
+        """The modes requests may ask for on this server."""
+        if self.ilp_enabled:
+            return SUPPORTED_MODES
+        return frozenset(mode for mode in SUPPORTED_MODES if not mode.uses_ilp)
 
     @classmethod
     def from_hf_config(cls, hf_config: object) -> CropSettings:
@@ -49,10 +59,16 @@ class CropSettings:
 
         drop_outside = get("crop_drop_outside")
         ilp_layer = get("crop_ilp_layer")
+        ilp_enabled = get("crop_enable_ilp")
         if not isinstance(drop_outside, bool):
             raise ValueError(f"crop_drop_outside must be true or false, got {drop_outside!r}")
+        if not isinstance(ilp_enabled, bool):
+            raise ValueError(f"crop_enable_ilp must be true or false, got {ilp_enabled!r}")
         if not isinstance(ilp_layer, int) or isinstance(ilp_layer, bool) or ilp_layer < 0:
             raise ValueError(f"crop_ilp_layer must be an integer >= 0, got {ilp_layer!r}")
+        default_mode = _parse_mode(get("crop_default_mode"), "crop_default_mode")
+        if default_mode.uses_ilp and not ilp_enabled:
+            raise ValueError(f"crop_default_mode {default_mode.value!r} needs crop_enable_ilp=true")
         return cls(
             plc=PLCSettings(
                 inside_stride=get("crop_inside_stride"),  # type: ignore[arg-type]
@@ -60,7 +76,8 @@ class CropSettings:
                 drop_outside=drop_outside,
             ),
             ilp_layer=ilp_layer,
-            default_mode=_parse_mode(get("crop_default_mode"), "crop_default_mode"),
+            ilp_enabled=ilp_enabled,
+            default_mode=default_mode,
         )
 
 
@@ -93,10 +110,12 @@ def parse_request(
     if raw_mode is None and raw_regions is None:
         return None
     mode = settings.default_mode if raw_mode is None else _parse_mode(raw_mode)
-    if mode not in SUPPORTED_MODES:
+    if mode not in settings.enabled_modes:
         raise CropRequestError(
-            f"crop_mode {mode.value!r} is not supported by this server yet "
-            f"(supported: {', '.join(sorted(m.value for m in SUPPORTED_MODES))})"
+            f"crop_mode {mode.value!r} is not supported by this server: it runs without "
+            f"inner-LLM pruning (supported: "
+            f"{', '.join(sorted(m.value for m in settings.enabled_modes))}; start the engine "
+            f"with --hf-overrides '{{\"crop_enable_ilp\": true, ...}}' to allow ILP modes)"
         )
     if raw_regions is None:
         # A mode without regions is valid (the gateway may find none); nothing to prune.

@@ -25,7 +25,13 @@ from tests.engine_support import CROP_ARCH, make_llm, shutdown
 def crop_engine(tiny_checkpoint):
     slot: dict[str, object] = {}
 
-    def get(arch: str):
+    def get(arch: str | None):
+        """The CROP engine for `arch`; `None` shuts the current one down (to start another)."""
+        if arch is None:
+            for engine in slot.values():
+                shutdown(engine)
+            slot.clear()
+            return None
         if arch not in slot:
             for engine in slot.values():
                 shutdown(engine)

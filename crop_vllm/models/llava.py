@@ -15,6 +15,7 @@ from vllm.model_executor.models.llava import (
 from vllm.multimodal import MULTIMODAL_REGISTRY
 
 from crop_vllm.geometry import Grid, llava_grids
+from crop_vllm.ilp.model import IlpModel
 from crop_vllm.models.utils import CropProcessorMixin, apply_plan, pop_plans
 from crop_vllm.options import CropSettings
 
@@ -36,6 +37,9 @@ class CropLlavaForConditionalGeneration(LlavaForConditionalGeneration):
             raise ValueError("CROP for LLaVA needs vision_feature_select_strategy='default'")
         self.crop_settings = CropSettings.from_hf_config(self.config)
         (self.crop_grid,) = llava_grids(self.config)
+        self.crop_ilp = IlpModel.maybe_create(
+            self.language_model.model.layers, self.crop_settings, lambda _: [self.crop_grid]
+        )
 
     def embed_multimodal(self, **kwargs: object) -> MultiModalEmbeddings:
         plans = pop_plans(kwargs)

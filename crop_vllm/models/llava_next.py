@@ -17,6 +17,7 @@ from vllm.model_executor.models.llava_next import (
 from vllm.multimodal import MULTIMODAL_REGISTRY
 
 from crop_vllm.geometry import Grid, llava_next_grids
+from crop_vllm.ilp.model import IlpModel
 from crop_vllm.models.utils import CropProcessorMixin, apply_plan, pop_plans
 from crop_vllm.options import CropSettings
 
@@ -42,6 +43,11 @@ class CropLlavaNextForConditionalGeneration(LlavaNextForConditionalGeneration):
         if self.config.vision_feature_select_strategy != "default":
             raise ValueError("CROP for LLaVA-NeXT needs vision_feature_select_strategy='default'")
         self.crop_settings = CropSettings.from_hf_config(self.config)
+        self.crop_ilp = IlpModel.maybe_create(
+            self.language_model.model.layers,
+            self.crop_settings,
+            lambda data: llava_next_grids(self.config, *_image_size(data)),
+        )
 
     def embed_multimodal(self, **kwargs: object) -> MultiModalEmbeddings:
         plans = pop_plans(kwargs)

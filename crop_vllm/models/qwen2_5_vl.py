@@ -22,6 +22,7 @@ from vllm.multimodal import MULTIMODAL_REGISTRY
 from vllm.multimodal.inputs import MultiModalFeatureSpec
 
 from crop_vllm.geometry import Grid, qwen_grid_from_thw
+from crop_vllm.ilp.model import IlpModel
 from crop_vllm.models.utils import (
     MODE_FIELD,
     REGION_FIELD,
@@ -50,6 +51,11 @@ class CropQwen2_5_VLForConditionalGeneration(Qwen2_5_VLForConditionalGeneration)
         super().__init__(vllm_config=vllm_config, prefix=prefix)
         self.crop_settings = CropSettings.from_hf_config(self.config)
         self.crop_merge = self.config.vision_config.spatial_merge_size
+        self.crop_ilp = IlpModel.maybe_create(
+            self.language_model.model.layers,
+            self.crop_settings,
+            lambda data: [qwen_grid_from_thw(data["image_grid_thw"].tolist(), self.crop_merge)],
+        )
 
     def embed_multimodal(self, **kwargs: object) -> MultiModalEmbeddings:
         plans = pop_plans(kwargs)

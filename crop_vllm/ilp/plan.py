@@ -1,0 +1,132 @@
+"""Inner-LLM pruning (ILP), the pure part: which prompt tokens layers >= K drop, and how one
+engine step's tokens compact.
+
+Plain Python and numpy, no torch or vLLM, so that the worker, the reference implementation in
+the tests and the gateway (which reports kept-token counts) share one definition.
+
+An image's placeholder tokens are its embedding rows in order: per grid the layout's tokens in
+raster order, each row followed by a separator token when the family has them (LLaVA-NeXT's
+`image_newline`). ILP keeps the tokens `inside` the region, plus the separator of every row that
+keeps a token (so later layers still see the row structure of the kept part); everything else is
+dropped from layer K on.
+
+For a request with sorted dropped prompt positions D, a token at position p that is kept sits at
+compacted position c(p) = p - |{d in D : d < p}| in the KV cache of layers >= K, and a request
+whose first n tokens are known has n - |{d in D : d < n}| of them in those layers. Since
+c(p) <= p, the compacted KV of a request always lies in blocks it already owns.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+from crop_vllm.geometry import Grid
+from crop_vllm.layout import Layout, PLCSettings, build_layout, region_marked_layout
+from crop_vllm.options import ImagePlan
+
+
+def ilp_layout(grid: Grid, plan: ImagePlan, settings: PLCSettings) -> Layout:
+    """The tokens an image enters the LLM with: its PLC layout, or every cell with plain ILP."""
+    assert plan.region is not None
+    if plan.mode.uses_plc:
+        return build_layout(grid.rows, grid.cols, plan.region, settings)
+    return region_marked_layout(grid.rows, grid.cols, plan.region)
+
+
+def image_keep_mask(
+    grids: Sequence[Grid], plan: ImagePlan | None, settings: PLCSettings
+) -> list[bool]:
+    """Per placeholder token of one image, whether layers >= K keep it (all True without ILP)."""
+    mask: list[bool] = []
+    for grid in grids:
+        if plan is None or plan.region is None or not plan.mode.uses_ilp:
+            layout = build_layout(grid.rows, grid.cols, plan.plc_region if plan else None, settings)
+            mask += [True] * (len(layout) + (len(layout.row_ends()) if grid.row_separators else 0))
+            continue
+        layout = ilp_layout(grid, plan, settings)
+        if not grid.row_separators:
+            mask += [token.inside for token in layout.tokens]
+            continue
+        start = 0
+        for end in layout.row_ends():
+            row = [token.inside for token in layout.tokens[start : end + 1]]
+            mask += [*row, any(row)]
+            start = end + 1
+    return mask
+
+
+def dropped_positions(placements: Sequence[tuple[Sequence[int], Sequence[bool]]]) -> np.ndarray:
+    """Sorted prompt positions dropped from layer K on.
+
+    One (prompt positions of its placeholder tokens, keep mask from `image_keep_mask`) per image.
+    """
+    pieces = [
+        np.asarray(positions, dtype=np.int64)[~np.asarray(mask, dtype=bool)]
+        for positions, mask in placements
+    ]
+    if not pieces:
+        return np.zeros(0, dtype=np.int64)
+    return np.sort(np.concatenate(pieces))
+
+
+@dataclass(frozen=True)
+class StepCompaction:
+    """How one engine step's tokens shrink for layers >= K (arrays over the step's token rows)."""
+
+    #: Rows of the step's flattened tokens that layers >= K process, ascending.
+    kept_rows: np.ndarray
+    #: Request index (in the batch) of each kept row.
+    kept_request: np.ndarray
+    #: Compacted KV position c(p) of each kept row.
+    kept_compact_positions: np.ndarray
+    #: Compacted query start offsets, (num_reqs + 1,), int32.
+    query_start_loc: np.ndarray
+    #: Compacted sequence lengths after this step, (num_reqs,), int32.
+    seq_lens: np.ndarray
+
+    @property
+    def num_tokens(self) -> int:
+        return int(self.kept_rows.shape[0])
+
+
+def compact_step(
+    drops: Sequence[np.ndarray], num_computed: np.ndarray, num_scheduled: np.ndarray
+) -> StepCompaction | None:
+    """The compaction of one step; None when no request in it has dropped tokens (stock step).
+
+    `drops[i]`: sorted dropped positions of request i; request i computes positions
+    [num_computed[i], num_computed[i] + num_scheduled[i]) in this step.
+    """
+    if all(len(d) == 0 for d in drops):
+        return None
+    rows, requests, positions, query_lens, seq_lens = [], [], [], [], []
+    row_start = 0
+    for index, (dropped, start, count) in enumerate(
+        zip(drops, num_computed.tolist(), num_scheduled.tolist(), strict=True)
+    ):
+        token_positions = np.arange(start, start + count, dtype=np.int64)
+        before = np.searchsorted(dropped, token_positions, side="left")
+        is_dropped = np.zeros(count, dtype=bool)
+        if len(dropped):
+            hit = np.minimum(before, len(dropped) - 1)
+            is_dropped = dropped[hit] == token_positions
+        kept = np.flatnonzero(~is_dropped)
+        rows.append(row_start + kept)
+        requests.append(np.full(len(kept), index, dtype=np.int64))
+        positions.append(token_positions[kept] - before[kept])
+        query_lens.append(len(kept))
+        end = start + count
+        seq_lens.append(end - int(np.searchsorted(dropped, end, side="left")))
+        row_start += count
+    query_start_loc = np.zeros(len(drops) + 1, dtype=np.int32)
+    np.cumsum(query_lens, out=query_start_loc[1:])
+    return StepCompaction(
+        kept_rows=np.concatenate(rows).astype(np.int64),
+        kept_request=np.concatenate(requests),
+        kept_compact_positions=np.concatenate(positions).astype(np.int64),
+        query_start_loc=query_start_loc,
+        seq_lens=np.asarray(seq_lens, dtype=np.int32),
+    )

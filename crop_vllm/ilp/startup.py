@@ -1,0 +1,76 @@
+"""Refuse, at engine startup, the settings inner-LLM pruning cannot run under.
+
+Registered in vLLM's `MODELS_CONFIG_MAP` for the CROP architectures: `VllmConfig.__post_init__`
+calls `verify_and_update_config` while the config is built, in the process that builds it (the
+`LLM` constructor or `vllm serve`), so the error reaches the user before any worker starts.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from vllm.model_executor.models.config import VerifyAndUpdateConfig
+
+from crop_vllm.options import CropSettings
+
+if TYPE_CHECKING:
+    from vllm.config import VllmConfig
+
+
+def ilp_problems(vllm_config: VllmConfig) -> list[str]:
+    """What to change so that ILP can run (empty: fine)."""
+    problems = []
+    if vllm_config.cache_config.enable_prefix_caching:
+        problems.append(
+            "prefix caching shares KV blocks whose layers >= K hold compacted contents: "
+            "disable it (--no-enable-prefix-caching / enable_prefix_caching=False)"
+        )
+    if not vllm_config.model_config.enforce_eager:
+        problems.append(
+            "torch.compile and CUDA graphs bake the attention metadata and token counts that "
+            "ILP changes at layer K: run eager (--enforce-eager / enforce_eager=True)"
+        )
+    if vllm_config.speculative_config is not None:
+        problems.append("speculative decoding is not supported with ILP: remove it")
+    parallel = vllm_config.parallel_config
+    if parallel.pipeline_parallel_size > 1:
+        problems.append("pipeline parallelism is not supported with ILP: use 1 stage")
+    if parallel.decode_context_parallel_size > 1:
+        problems.append("decode context parallelism is not supported with ILP")
+    if getattr(parallel, "enable_dbo", False):
+        problems.append("dual-batch overlap (micro-batching) is not supported with ILP")
+    from vllm.platforms import current_platform
+
+    if current_platform.is_cuda_alike() and vllm_config.use_v2_model_runner:
+        problems.append(
+            "ILP hooks the V1 model runner: set VLLM_USE_V2_MODEL_RUNNER=0 in the environment"
+        )
+    if vllm_config.cache_config.kv_sharing_fast_prefill:
+        problems.append("--kv-sharing-fast-prefill is not supported with ILP")
+    return problems
+
+
+class CropIlpConfig(VerifyAndUpdateConfig):
+    """Startup check of the CROP architectures (a no-op unless `crop_enable_ilp` is set)."""
+
+    @staticmethod
+    def verify_and_update_config(vllm_config: VllmConfig) -> None:
+        settings = CropSettings.from_hf_config(vllm_config.model_config.hf_config)
+        if not settings.ilp_enabled:
+            return
+        problems = ilp_problems(vllm_config)
+        if problems:
+            raise ValueError(
+                "CROP inner-LLM pruning (crop_enable_ilp=true) cannot run with these engine "
+                "settings:\n- " + "\n- ".join(problems)
+            )
+        # Cascade attention would share a prefix across requests whose layers >= K differ.
+        vllm_config.model_config.disable_cascade_attn = True
+
+
+def register(architectures: list[str]) -> None:
+    """Attach the check to the CROP architectures (idempotent)."""
+    from vllm.model_executor.models.config import MODELS_CONFIG_MAP
+
+    for name in architectures:
+        MODELS_CONFIG_MAP.setdefault(name, CropIlpConfig)
