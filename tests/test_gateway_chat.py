@@ -6,8 +6,9 @@ import httpx
 import pytest
 
 from tests.engine_support import test_image
-from tests.gateway_fixtures import *  # noqa: F403  (fixtures)
 from tests.gateway_fixtures import MODEL_NAME, QUARTER, data_url, image_message
+
+pytest_plugins = ["tests.gateway_fixtures"]  # the shared session fixtures
 
 pytestmark = pytest.mark.engine
 

@@ -12,7 +12,6 @@ import httpx
 import pytest
 
 from tests.engine_support import test_image
-from tests.gateway_fixtures import *  # noqa: F403  (fixtures)
 from tests.gateway_fixtures import (
     API_KEY,
     MODEL_NAME,
@@ -21,6 +20,8 @@ from tests.gateway_fixtures import (
     image_message,
     noise_image,
 )
+
+pytest_plugins = ["tests.gateway_fixtures"]  # the shared session fixtures
 
 pytestmark = pytest.mark.engine
 

@@ -18,8 +18,9 @@ from crop_vllm.layout import Region, snap_to_grid
 from server.config import Limits
 from server.middleware import RequestIdFilter
 from tests.engine_support import test_image
-from tests.gateway_fixtures import *  # noqa: F403  (fixtures)
 from tests.gateway_fixtures import API_KEY, MODEL_NAME, QUARTER, data_url, image_message
+
+pytest_plugins = ["tests.gateway_fixtures"]  # the shared session fixtures
 
 pytestmark = pytest.mark.engine
 
@@ -58,7 +59,9 @@ def test_requests_over_the_concurrency_limit_get_429_with_retry_after(start_gate
         httpx.Client(base_url=limited.url, headers=AUTH, timeout=60) as http,
         http.stream("POST", "/v1/chat/completions", json=chat_body(LONG, stream=True)) as held,
     ):
-        next(held.iter_lines())  # the slot is taken while this stream runs
+        # Keep the iterator: dropping it would close the connection (and free the slot).
+        lines = held.iter_lines()
+        next(lines)  # the slot is taken while this stream runs
         refused = http.post("/v1/chat/completions", json=chat_body(1))
     assert refused.status_code == 429
     assert refused.headers["retry-after"] == "1"

@@ -13,7 +13,6 @@ from prometheus_client.parser import text_string_to_metric_families
 from server.app import create_app
 from server.engines.remote import Backend, RemoteEngine
 from tests.engine_support import test_image
-from tests.gateway_fixtures import *  # noqa: F403  (fixtures)
 from tests.gateway_fixtures import (
     API_KEY,
     MODEL_NAME,
@@ -24,6 +23,8 @@ from tests.gateway_fixtures import (
     gateway_config,
     image_message,
 )
+
+pytest_plugins = ["tests.gateway_fixtures"]  # the shared session fixtures
 
 pytestmark = pytest.mark.engine
 

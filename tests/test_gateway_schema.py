@@ -17,8 +17,9 @@ from schemathesis.specs.openapi.checks import positive_data_acceptance
 
 from server.app import create_app
 from server.config import GatewayConfig, Limits
-from tests.gateway_fixtures import *  # noqa: F403  (fixtures)
 from tests.gateway_fixtures import API_KEY, gateway_config
+
+pytest_plugins = ["tests.gateway_fixtures"]  # the shared session fixtures
 
 pytestmark = pytest.mark.engine
 
