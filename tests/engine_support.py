@@ -56,17 +56,15 @@ def make_llm(checkpoint: Path, architecture: str, **overrides):
     from vllm import LLM
 
     hf_overrides = {"architectures": [architecture], **overrides.pop("hf_overrides", {})}
-    return LLM(
-        model=str(checkpoint),
-        hf_overrides=hf_overrides,
-        dtype="float32",
-        enforce_eager=True,
-        max_model_len=2048,
-        max_num_seqs=8,
-        limit_mm_per_prompt={"image": 2},
-        seed=0,
-        **overrides,
-    )
+    settings = {
+        "dtype": "float32",
+        "enforce_eager": True,
+        "max_model_len": 2048,
+        "max_num_seqs": 8,
+        "limit_mm_per_prompt": {"image": 2},
+        "seed": 0,
+    }
+    return LLM(model=str(checkpoint), hf_overrides=hf_overrides, **{**settings, **overrides})
 
 
 def shutdown(llm) -> None:

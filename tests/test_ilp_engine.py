@@ -174,3 +174,57 @@ def test_unsafe_engine_settings_are_refused_at_startup(overrides, message, tiny_
     }
     with pytest.raises(ValueError, match=message):
         LLM(**kwargs)
+
+
+def test_preempted_ilp_requests_recompute_to_the_reference(tiny_checkpoint, crop_engine, images):
+    """A KV cache of a few 128-token blocks: four ILP requests that each outgrow one block
+    preempt each other; after recompute every one still equals the uninterrupted reference."""
+    arch = "llava"
+    crop_engine(None)
+    llm = make_llm(
+        tiny_checkpoint(arch),
+        CROP_ARCH[arch],
+        hf_overrides=ILP_OVERRIDES,
+        enable_prefix_caching=False,
+        enable_chunked_prefill=True,
+        max_num_batched_tokens=CHUNK_TOKENS,
+        num_gpu_blocks_override=5,
+        max_model_len=512,
+        disable_log_stats=False,
+    )
+    try:
+        tokenizer = llm.get_tokenizer()
+        image_tokens = 64  # the tiny LLaVA's 8x8 grid; "<image>" is one token of the prompt
+        words = []
+        # Prompts of about 120 tokens: one 128-token block each, a second one while decoding.
+        while len(tokenizer.encode(make_prompt(arch, 1, " ".join(words)))) + image_tokens < 121:
+            words.append("left")
+        regions = [QUARTER, BORDER, ONE_CELL, QUARTER]
+        requests = [
+            request(
+                arch,
+                [images[i % 3]],
+                " ".join(words),
+                crop_mode="ilp",
+                crop_regions=[region.as_list()],
+            )
+            for i, region in enumerate(regions)
+        ]
+        outputs = greedy(llm, requests)
+        preemptions = sum(
+            metric.value for metric in llm.get_metrics() if metric.name == "vllm:num_preemptions"
+        )
+    finally:
+        shutdown(llm)
+    assert preemptions > 0, "the test did not preempt: shrink the KV cache"
+    reference = ReferenceILP(arch, tiny_checkpoint(arch), CropSettings(ilp_enabled=True))
+    for index, (output, region) in enumerate(zip(outputs, regions, strict=True)):
+        assert len(output.prompt_token_ids) <= 128 < len(output.prompt_token_ids) + 16
+        expected = reference.generate_ilp(
+            list(output.prompt_token_ids), [images[index % 3]], [plan("ilp", region)], 16
+        )
+        assert list(output.outputs[0].token_ids) == expected.token_ids, index
+        worst = max(
+            abs(a - b) for a, b in zip(chosen_logprobs(output), expected.logprobs, strict=True)
+        )
+        assert worst < LOGPROB_TOLERANCE, (index, worst)
