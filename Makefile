@@ -10,7 +10,7 @@ MODEL ?=
 
 serve:
 	venv=$$(bash scripts/bootstrap.sh | tail -n1)
-	exec "$$venv/bin/python" -m crop_vllm.demo --host "$(HOST)" --port "$(PORT)" $(if $(MODEL),--model "$(MODEL)")
+	exec "$$venv/bin/crop-server" serve --host "$(HOST)" --port "$(PORT)" $(if $(MODEL),--model "$(MODEL)")
 
 test:
 	bash scripts/ci-system-deps.sh
