@@ -12,8 +12,9 @@ from typing import Any
 
 from crop_vllm import CROP_ARCHITECTURES, CROP_OF
 from crop_vllm.geometry import Grid, image_grids, num_image_tokens
+from crop_vllm.ilp.plan import image_keep_mask
 from crop_vllm.layout import CropMode, Region
-from crop_vllm.options import CropSettings
+from crop_vllm.options import CropSettings, ImagePlan
 
 
 @dataclass(frozen=True)
@@ -61,16 +62,12 @@ class ModelGeometry:
     def image_tokens(
         self, width: int, height: int, region: Region | None, mode: CropMode
     ) -> ImageTokens:
-        """Unpruned, prefilled-after-PLC and kept-after-ILP counts of one image.
-
-        ILP keeps every prefilled token until inner-LLM pruning is implemented, so after_ilp
-        equals after_plc.
-        """
+        """Unpruned, prefilled-after-PLC and kept-after-ILP counts of one image (the ILP count
+        is the plugin's own keep mask; it equals after_plc when the mode has no ILP)."""
         grids = self.grids(width, height)
-        full = num_image_tokens(grids, None, self.settings.plc)
-        after_plc = (
-            num_image_tokens(grids, region, self.settings.plc)
-            if mode.uses_plc and region is not None
-            else full
-        )
-        return ImageTokens(full, after_plc, after_plc)
+        plan = None if region is None else ImagePlan(mode, region)
+        plc = self.settings.plc
+        full = num_image_tokens(grids, None, plc)
+        after_plc = num_image_tokens(grids, None if plan is None else plan.plc_region, plc)
+        after_ilp = sum(image_keep_mask(grids, plan, plc))
+        return ImageTokens(full, after_plc, after_ilp)

@@ -101,6 +101,11 @@ def build_parser() -> argparse.ArgumentParser:
     crop.add_argument("--crop-outside-stride", type=int, default=4)
     crop.add_argument("--crop-drop-outside", action="store_true")
     crop.add_argument("--crop-ilp-layer", type=int, default=2)
+    crop.add_argument(
+        "--crop-enable-ilp",
+        action="store_true",
+        help="allow ILP modes (the embedded engine then runs eager, without prefix caching)",
+    )
 
     localizer = serve.add_argument_group("localizer")
     localizer.add_argument(
@@ -188,6 +193,7 @@ def config_from_args(args: argparse.Namespace) -> GatewayConfig:
             outside_stride=args.crop_outside_stride,
             drop_outside=args.crop_drop_outside,
             ilp_layer=args.crop_ilp_layer,
+            enable_ilp=args.crop_enable_ilp,
         ),
         localizer=LocalizerConfig(
             kind=kind,

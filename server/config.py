@@ -7,7 +7,6 @@ from typing import Any, Literal
 
 from crop_localizer import LocalizerConfig, LocalizerKind
 from crop_vllm.layout import CropMode
-from crop_vllm.options import SUPPORTED_MODES
 from server.images import ImageLimits
 from server.protocol import RequestCropMode
 
@@ -20,7 +19,8 @@ class CropDefaults:
     token accounting and the engine's pruning use the same numbers.
 
     `request_mode` applies to requests without a `crop` field; `default_mode` is the pruning
-    that `auto` stands for.
+    that `auto` stands for. ILP modes need `enable_ilp` (the engine then runs eager and without
+    prefix caching).
     """
 
     request_mode: RequestCropMode = "auto"
@@ -29,13 +29,14 @@ class CropDefaults:
     outside_stride: int = 4
     drop_outside: bool = False
     ilp_layer: int = 2
+    enable_ilp: bool = False
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "default_mode", CropMode(self.default_mode))
         if self.default_mode is CropMode.OFF:
             raise ValueError("default_mode is the pruning `auto` applies; use request_mode 'off'")
-        if self.default_mode not in SUPPORTED_MODES:
-            raise ValueError(f"crop mode {self.default_mode.value!r} is not supported yet")
+        if self.default_mode.uses_ilp and not self.enable_ilp:
+            raise ValueError(f"default mode {self.default_mode.value!r} needs enable_ilp")
 
     def hf_overrides(self) -> dict[str, object]:
         return {
@@ -43,6 +44,7 @@ class CropDefaults:
             "crop_outside_stride": self.outside_stride,
             "crop_drop_outside": self.drop_outside,
             "crop_ilp_layer": self.ilp_layer,
+            "crop_enable_ilp": self.enable_ilp,
             "crop_default_mode": self.default_mode.value,
         }
 

@@ -91,7 +91,7 @@ class CropOptions(_Strict):
         description=(
             "`auto`: the server's default pruning, on the regions the localizer finds (or the "
             "client gives); `off`: no pruning, no localizer; `plc`, `ilp`, `plc+ilp`: that "
-            "pruning. Modes this server does not implement yet are refused with 400."
+            "pruning. ILP modes are refused with 400 unless the server enables ILP."
         ),
     )
     regions: list[RegionList | None] | None = Field(

@@ -21,6 +21,7 @@ def test_flags_set_crop_defaults_limits_keys_and_engine_args():
         "--crop-default-mode", "plc",
         "--crop-outside-stride", "2",
         "--crop-drop-outside",
+        "--crop-enable-ilp",
         "--max-images", "3",
         "--max-concurrent-requests", "5",
         "--api-key", "k1",
@@ -33,6 +34,7 @@ def test_flags_set_crop_defaults_limits_keys_and_engine_args():
     assert built.crop.default_mode is CropMode.PLC
     assert built.crop.hf_overrides()["crop_outside_stride"] == 2
     assert built.crop.hf_overrides()["crop_drop_outside"] is True
+    assert built.crop.hf_overrides()["crop_enable_ilp"] is True
     assert (built.limits.max_images, built.limits.max_concurrent_requests) == (3, 5)
     assert built.api_keys == ("k1",)
     assert built.images.allowed_networks == (ipaddress.ip_network("10.0.0.0/8"),)
