@@ -47,6 +47,8 @@ import numpy as np
 from PIL import Image
 from tqdm import tqdm
 
+from crop_vllm.testing.servers import free_port
+
 QUARTER = [0.0, 0.0, 0.5, 0.5]
 QUESTIONS = (
     "What color is the umbrella the woman holds?",
@@ -240,14 +242,6 @@ async def run_level(
 # --------------------------------------------------------------------------------------------
 # Servers
 # --------------------------------------------------------------------------------------------
-
-
-def free_port() -> int:
-    import socket
-
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 @dataclass

@@ -27,7 +27,6 @@ import io
 import json
 import os
 import platform
-import socket
 import statistics
 import subprocess
 import sys
@@ -43,17 +42,12 @@ import numpy as np
 from PIL import Image
 
 from crop_vllm.demo import serve_command
+from crop_vllm.testing.servers import free_port, wait_until_healthy
 
 QUARTER = [0.0, 0.0, 0.5, 0.5]
 QUESTION = "What is in the top left corner of the picture?"
 MAX_TOKENS = 8
 SIZES = {"llava": (224, 224), "llava_next": (224, 224), "qwen2_5_vl": (448, 448)}
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def image_url(seed: int, size: tuple[int, int]) -> str:
@@ -86,20 +80,6 @@ def body(model: str, url: str, **extra: object) -> dict:
 def start(command: list[str], log: Path, env: dict[str, str]) -> subprocess.Popen:
     with log.open("w") as out:
         return subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT, env=env)
-
-
-def wait_healthy(url: str, process: subprocess.Popen, log: Path, timeout: float = 900) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            raise RuntimeError(f"{url} exited:\n{log.read_text()[-3000:]}")
-        try:
-            if httpx.get(url + "/health", timeout=2).status_code == 200:
-                return
-        except httpx.HTTPError:
-            pass
-        time.sleep(1)
-    raise TimeoutError(f"{url} not healthy after {timeout}s")
 
 
 def stop(process: subprocess.Popen) -> None:
@@ -319,7 +299,7 @@ def main() -> None:
         extra = ["--dtype", "float32", "--max-num-seqs", "8", "--mm-processor-cache-gb", "0"]
         vllm = start(serve_command(checkpoint, "127.0.0.1", vllm_port, extra), vllm_log, env)
         stack.callback(stop, vllm)
-        wait_healthy(direct, vllm, vllm_log)
+        wait_until_healthy(direct, vllm, vllm_log, timeout=900)
         crop_server = start(
             [
                 str(bin_dir / "crop-server"), "serve", "--model", str(checkpoint),
@@ -330,7 +310,7 @@ def main() -> None:
             env,
         )  # fmt: skip
         stack.callback(stop, crop_server)
-        wait_healthy(gateway, crop_server, gateway_log)
+        wait_until_healthy(gateway, crop_server, gateway_log, timeout=900)
         print(f"# bench_gateway: {args.arch} bench checkpoint, {platform.machine()}, "
               f"{os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.1f}")  # fmt: skip
         asyncio.run(run(args, direct, gateway, str(checkpoint)))

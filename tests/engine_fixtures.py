@@ -8,16 +8,13 @@ starts once), and `vllm_serve` starts one `vllm serve` subprocess for the whole 
 from __future__ import annotations
 
 import os
-import socket
 import subprocess
 import sys
-import time
 from dataclasses import dataclass
-from pathlib import Path
 
-import httpx
 import pytest
 
+from crop_vllm.testing.servers import free_port, wait_until_healthy
 from tests.engine_support import CROP_ARCH, make_llm, shutdown
 
 
@@ -44,32 +41,11 @@ def crop_engine(tiny_checkpoint):
         shutdown(engine)
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 @dataclass
 class Server:
     url: str
     model: str
     process: subprocess.Popen
-
-
-def wait_until_healthy(url: str, process: subprocess.Popen, log: Path, timeout: float) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            raise RuntimeError(f"server exited early:\n{log.read_text()[-4000:]}")
-        try:
-            if httpx.get(url + "/health", timeout=2).status_code == 200:
-                return
-        except httpx.HTTPError:
-            pass
-        time.sleep(1)
-    process.kill()
-    raise TimeoutError(f"server not healthy after {timeout}s:\n{log.read_text()[-4000:]}")
 
 
 @pytest.fixture(scope="session")

@@ -29,6 +29,7 @@ import pytest
 import uvicorn
 from PIL import Image
 
+from crop_vllm.testing.servers import free_port
 from server.accounting import ModelGeometry
 from server.app import build_engine, create_app
 from server.config import GatewayConfig, Limits
@@ -54,12 +55,6 @@ ENGINE_ARGS = {
     "max_num_seqs": 8,
     "seed": 0,
 }
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def png_bytes(image: Image.Image) -> bytes:
