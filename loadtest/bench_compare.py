@@ -12,7 +12,8 @@ questions as:
   CROP off          the full image through the gateway, `crop.mode` off
   PLC               through the gateway, PLC on a client-given quarter region
   PLC (localizer)   through the gateway, PLC on the region the localizer finds (its cost included)
-  ILP, PLC+ILP      as PLC, when the plugin and gateway support ILP (else "n/a")
+  ILP, PLC+ILP      as PLC, with ILP at the gateway's layer K (the plugin started with ILP on)
+  PLC+ILP (loc.)    PLC+ILP on the localizer's region: the whole CROP pipeline
   downscale         stock vLLM with the image shrunk to PLC's visual-token budget (what users
                     do today); only meaningful for dynamic-resolution models (not LLaVA-1.5)
 
@@ -31,6 +32,7 @@ import base64
 import contextlib
 import io
 import json
+import math
 import os
 import statistics
 import subprocess
@@ -48,6 +50,7 @@ from PIL import Image
 from tqdm import tqdm
 
 from crop_vllm.testing.servers import free_port
+from server.config import CropDefaults
 
 QUARTER = [0.0, 0.0, 0.5, 0.5]
 QUESTIONS = (
@@ -76,6 +79,7 @@ CONFIGS = (
     Config("PLC (localizer)", "gateway", "plc"),
     Config("ILP", "gateway", "ilp", client_region=True),
     Config("PLC+ILP", "gateway", "plc+ilp", client_region=True),
+    Config("PLC+ILP (loc.)", "gateway", "plc+ilp"),
     Config("downscale", "stock", downscale=True),
 )
 
@@ -89,6 +93,7 @@ class Sample:
     prompt_tokens: int
     completion_tokens: int
     visual_tokens: int | None = None  # prefilled visual tokens (usage.crop, or the geometry)
+    visual_after_ilp: int | None = None  # visual tokens layers >= K see (usage.crop)
     localizer_s: float = 0.0
 
 
@@ -105,6 +110,7 @@ class Level:
         ttft = [s.ttft_s for s in self.samples]
         latency = [s.latency_s for s in self.samples]
         visual = [s.visual_tokens for s in self.samples if s.visual_tokens is not None]
+        after_ilp = [s.visual_after_ilp for s in self.samples if s.visual_after_ilp is not None]
         return {
             "config": self.config,
             "concurrency": self.concurrency,
@@ -116,6 +122,7 @@ class Level:
             "latency_p50_s": float(np.percentile(latency, 50)),
             "prompt_tokens": statistics.mean(s.prompt_tokens for s in self.samples),
             "visual_tokens": statistics.mean(visual) if visual else float("nan"),
+            "visual_after_ilp": statistics.mean(after_ilp) if after_ilp else float("nan"),
             "localizer_share": sum(s.localizer_s for s in self.samples) / sum(latency),
         }
 
@@ -143,7 +150,6 @@ def downscaled_size(model: str, width: int, height: int) -> tuple[int, int, int,
     that resize every image to a fixed grid (shrinking saves nothing there)."""
     from crop_vllm.layout import CropMode, Region
     from server.accounting import ModelGeometry
-    from server.config import CropDefaults
 
     geometry = ModelGeometry.load(model, CropDefaults().hf_overrides())
     budget = geometry.image_tokens(width, height, Region(*QUARTER), CropMode.PLC).after_plc
@@ -159,7 +165,6 @@ def full_visual_tokens(model: str, width: int, height: int) -> int:
     """Visual tokens of an unpruned image (what stock vLLM prefills)."""
     from crop_vllm.layout import CropMode
     from server.accounting import ModelGeometry
-    from server.config import CropDefaults
 
     geometry = ModelGeometry.load(model, CropDefaults().hf_overrides())
     return geometry.image_tokens(width, height, None, CropMode.OFF).full
@@ -216,6 +221,7 @@ async def send(client: httpx.AsyncClient, url: str, body: dict) -> Sample:
         prompt_tokens=usage["prompt_tokens"],
         completion_tokens=usage["completion_tokens"],
         visual_tokens=None if crop is None else crop["visual_tokens_after_plc"],
+        visual_after_ilp=None if crop is None else crop["visual_tokens_after_ilp"],
         localizer_s=0.0 if crop is None else crop["localizer_seconds"],
     )
 
@@ -280,7 +286,6 @@ def wait_healthy(processes: list[Process], timeout: float) -> None:
 def servers(args: argparse.Namespace, model: Path, logs: Path) -> Iterator[dict[str, Process]]:
     """Stock vLLM, CROP vLLM and the gateway, stopped on exit."""
     from crop_vllm.demo import crop_architecture, vllm_serve_prefix
-    from crop_vllm.options import SETTING_DEFAULTS
 
     engine_flags = [
         "--dtype", "float32", "--enforce-eager", "--max-model-len", "4096",
@@ -294,9 +299,7 @@ def servers(args: argparse.Namespace, model: Path, logs: Path) -> Iterator[dict[
         "VLLM_CPU_OMP_THREADS_BIND": "nobind",
         "HF_HUB_OFFLINE": "1",
     }
-    overrides: dict[str, object] = {"architectures": [crop_architecture(model)]}
-    if "crop_enable_ilp" in SETTING_DEFAULTS:  # ILP is opt-in where the plugin has it
-        overrides["crop_enable_ilp"] = True
+    overrides = {"architectures": [crop_architecture(model)], "crop_enable_ilp": True}
     ports = {name: free_port() for name in ("stock", "crop", "gateway")}
     started: dict[str, Process] = {}
     try:
@@ -325,6 +328,7 @@ def servers(args: argparse.Namespace, model: Path, logs: Path) -> Iterator[dict[
                 "--served-model-name", "bench", "--engine", "remote",
                 "--backend", started["crop"].url, "--port", str(ports["gateway"]),
                 "--localizer-weights", str(weights), "--localizer-vocab-embeddings", str(vocab),
+                "--localizer-imgsz", str(args.localizer_imgsz), "--crop-enable-ilp",
                 "--max-concurrent-requests", "1024", "--log-level", "warning",
             ],
             ports["gateway"],
@@ -395,9 +399,7 @@ async def sweep(args: argparse.Namespace, model: Path, urls: dict[str, str]) -> 
         for config in configs:  # warm-up, and which configurations this build serves
             reason = await available(client, url(config), body(config, 10**6))
             if reason is not None:
-                ilp = config.mode is not None and "ilp" in config.mode
-                unavailable[config.name] = "ILP not available" if ilp else "failed"
-                reasons[config.name] = reason
+                unavailable[config.name], reasons[config.name] = "failed", reason
         runnable = [c for c in configs if c.name not in unavailable]
         levels: list[Level] = []
         total = sum(max(args.requests, 2 * c) for c in args.concurrency) * len(runnable)
@@ -412,6 +414,7 @@ async def sweep(args: argparse.Namespace, model: Path, urls: dict[str, str]) -> 
                     if config.target == "stock":  # no usage.crop: the geometry's count
                         for sample in samples:
                             sample.visual_tokens = small[2] if config.downscale else full
+                            sample.visual_after_ilp = sample.visual_tokens
                     levels.append(Level(config.name, concurrency, wall, samples))
     return {"levels": levels, "unavailable": unavailable, "reasons": reasons, "downscale": small}
 
@@ -421,16 +424,21 @@ async def sweep(args: argparse.Namespace, model: Path, urls: dict[str, str]) -> 
 # --------------------------------------------------------------------------------------------
 
 
-def with_speedups(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """Adds throughput relative to stock vLLM at the same concurrency, and the ideal speedup
-    (stock's prompt tokens over the row's: what a prefill-bound engine would gain)."""
+def with_speedups(rows: list[dict[str, Any]], layers: int, ilp_layer: int) -> list[dict[str, Any]]:
+    """Adds throughput relative to stock vLLM at the same concurrency, and the ideal speedup:
+    stock's layer-weighted prefill tokens over the row's (what a prefill-bound engine would
+    gain). A prompt token costs `layers` decoder layers, a visual token ILP drops `ilp_layer`."""
+
+    def layer_weighted(row: dict[str, Any]) -> float:
+        dropped = row["visual_tokens"] - row["visual_after_ilp"]
+        dropped = 0.0 if math.isnan(dropped) else dropped
+        return layers * row["prompt_tokens"] - (layers - min(ilp_layer, layers)) * dropped
+
     stock = {r["concurrency"]: r for r in rows if r["config"] == "stock vLLM"}
     for row in rows:
         base = stock.get(row["concurrency"])
         row["speedup"] = row["req_per_s"] / base["req_per_s"] if base else float("nan")
-        row["ideal_speedup"] = (
-            base["prompt_tokens"] / row["prompt_tokens"] if base else float("nan")
-        )
+        row["ideal_speedup"] = layer_weighted(base) / layer_weighted(row) if base else float("nan")
     return rows
 
 
@@ -534,6 +542,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--max-tokens", type=int, default=8)
     parser.add_argument("--image-size", type=int, default=672, help="square image side (px)")
     parser.add_argument("--localizer-yaml", default="yolov8s-worldv2.yaml")
+    parser.add_argument("--localizer-imgsz", type=int, default=640, help="detector input (px)")
     parser.add_argument("--configs", type=lambda s: s.split(","), default=[c.name for c in CONFIGS])
     parser.add_argument("--startup-timeout", type=float, default=900)
     parser.add_argument(
@@ -555,7 +564,11 @@ def main(argv: list[str] | None = None) -> int:
             result = asyncio.run(sweep(args, Path(model), urls))
         except RuntimeError as exc:
             raise SystemExit(f"benchmark failed: {exc}\nserver logs: {logs}") from exc
-    rows = with_speedups([level.summary() for level in result["levels"]])
+    rows = with_speedups(
+        [level.summary() for level in result["levels"]],
+        layers=text_layers(Path(model)),
+        ilp_layer=CropDefaults().ilp_layer,
+    )
     machine = (
         f"{os.cpu_count()} CPU cores, {platform_name()}, 1-min load average "
         f"{load_before:.1f} before / {os.getloadavg()[0]:.1f} after"
@@ -569,7 +582,8 @@ def main(argv: list[str] | None = None) -> int:
     header = (
         f"{Path(model).name} (random weights), {args.image_size}x{args.image_size} images, "
         f"quarter region, outside stride 4, {args.max_tokens} output tokens, localizer "
-        f"{args.localizer_yaml} at 640 px on CPU; {downscale}; {machine}"
+        f"{args.localizer_yaml} at {args.localizer_imgsz} px on CPU; ILP at layer "
+        f"{CropDefaults().ilp_layer}; {downscale}; {machine}"
     )
     table = print_table(rows, result["unavailable"], header)
     (args.out / "table.txt").write_text(table + "\n")
@@ -590,6 +604,14 @@ def main(argv: list[str] | None = None) -> int:
     for path in plot(rows, args.out, header):
         print(f"wrote {path}")
     return 0
+
+
+def text_layers(model: Path) -> int:
+    """Decoder layers of the checkpoint's language model."""
+    from transformers import AutoConfig
+
+    config = AutoConfig.from_pretrained(model)
+    return config.get_text_config().num_hidden_layers
 
 
 def platform_name() -> str:

@@ -117,6 +117,25 @@ def build_parser() -> argparse.ArgumentParser:
     localizer.add_argument("--localizer-clip-weights", type=Path)
     localizer.add_argument("--localizer-vocab-embeddings", type=Path)
     localizer.add_argument("--localizer-device", default="cpu")
+    localizer.add_argument(
+        "--localizer-imgsz",
+        type=int,
+        default=LocalizerConfig.imgsz,
+        help="detector input side in px (multiple of 32): smaller is cheaper, finds less",
+    )
+    localizer.add_argument("--localizer-conf", type=float, default=LocalizerConfig.conf)
+    localizer.add_argument(
+        "--localizer-max-batch",
+        type=int,
+        default=LocalizerConfig.max_batch,
+        help="images per detector forward",
+    )
+    localizer.add_argument(
+        "--localizer-max-wait-ms",
+        type=float,
+        default=LocalizerConfig.max_wait_ms,
+        help="longest wait for a detector batch to fill",
+    )
 
     limits = serve.add_argument_group("limits")
     limits.add_argument("--max-concurrent-requests", type=int, default=64)
@@ -201,6 +220,10 @@ def config_from_args(args: argparse.Namespace) -> GatewayConfig:
             clip_weights=args.localizer_clip_weights,
             vocab_embeddings=args.localizer_vocab_embeddings,
             device=args.localizer_device,
+            imgsz=args.localizer_imgsz,
+            conf=args.localizer_conf,
+            max_batch=args.localizer_max_batch,
+            max_wait_ms=args.localizer_max_wait_ms,
         ),
         limits=Limits(
             max_concurrent_requests=args.max_concurrent_requests,

@@ -51,6 +51,16 @@ def test_the_localizer_is_none_without_weights_and_yolo_world_with_them(tmp_path
     assert with_weights.localizer.weights == weights
 
 
+def test_localizer_flags_set_its_input_size_threshold_and_batching():
+    built = config(
+        "--localizer-imgsz", "320",
+        "--localizer-conf", "0.1",
+        "--localizer-max-batch", "2",
+        "--localizer-max-wait-ms", "0",
+    ).localizer  # fmt: skip
+    assert (built.imgsz, built.conf, built.max_batch, built.max_wait_ms) == (320, 0.1, 2, 0.0)
+
+
 def test_api_keys_also_come_from_the_environment(monkeypatch):
     monkeypatch.setenv("CROP_API_KEYS", "a, b")
     assert config("--api-key", "c").api_keys == ("c", "a", "b")

@@ -47,13 +47,37 @@ def test_downscale_does_not_apply_to_fixed_resolution_models(tiny_checkpoint):
     assert bench.downscaled_size(str(tiny_checkpoint("llava")), 448, 448) is None
 
 
+def row(config: str, concurrency: int, req_per_s: float, prompt: int, visual: int, kept: int):
+    return {
+        "config": config,
+        "concurrency": concurrency,
+        "req_per_s": req_per_s,
+        "prompt_tokens": prompt,
+        "visual_tokens": visual,
+        "visual_after_ilp": kept,
+    }
+
+
 def test_speedups_are_relative_to_stock_at_the_same_concurrency():
     rows = [
-        {"config": "stock vLLM", "concurrency": 1, "req_per_s": 2.0, "prompt_tokens": 600},
-        {"config": "stock vLLM", "concurrency": 4, "req_per_s": 4.0, "prompt_tokens": 600},
-        {"config": "PLC", "concurrency": 4, "req_per_s": 10.0, "prompt_tokens": 200},
-        {"config": "PLC", "concurrency": 8, "req_per_s": 12.0, "prompt_tokens": 200},
+        row("stock vLLM", 1, 2.0, 600, 500, 500),
+        row("stock vLLM", 4, 4.0, 600, 500, 500),
+        row("PLC", 4, 10.0, 200, 100, 100),
+        row("PLC", 8, 12.0, 200, 100, 100),
     ]
-    plc_at_4, plc_at_8 = bench.with_speedups(rows)[2:]
+    plc_at_4, plc_at_8 = bench.with_speedups(rows, layers=12, ilp_layer=2)[2:]
     assert (plc_at_4["speedup"], plc_at_4["ideal_speedup"]) == (2.5, 3.0)
     assert math.isnan(plc_at_8["speedup"])  # no stock run at that concurrency
+
+
+def test_ideal_speedup_of_ilp_weighs_dropped_tokens_by_the_layers_before_k():
+    stock = row("stock vLLM", 1, 1.0, 600, 500, 500)
+    ilp = row("ILP", 1, 1.0, 600, 500, 200)  # 300 visual tokens dropped at layer 2 of 12
+    bench.with_speedups([stock, ilp], layers=12, ilp_layer=2)
+    assert ilp["ideal_speedup"] == (12 * 600) / (12 * 600 - 10 * 300)
+
+
+def test_stock_rows_without_usage_count_no_ilp_drop():
+    stock = row("stock vLLM", 1, 1.0, 600, float("nan"), float("nan"))
+    bench.with_speedups([stock], layers=12, ilp_layer=2)
+    assert stock["ideal_speedup"] == 1.0
