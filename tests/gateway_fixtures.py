@@ -306,6 +306,8 @@ class TcpForwarder:
         self.target_port = target_port
         self.port = free_port()
         self.requests: list[str] = []
+        #: The next request starting with these bytes has its connection closed unanswered.
+        self.drop_next: bytes | None = None
         self._listener: socket.socket | None = None
 
     @property
@@ -337,6 +339,9 @@ class TcpForwarder:
             while data := source.recv(65536):
                 if record and data.startswith((b"GET /", b"POST /")):  # a request's first line
                     self.requests.append(data.split(b"\r\n", 1)[0].decode("latin-1"))
+                    if self.drop_next and data.startswith(self.drop_next):
+                        self.drop_next = None  # closed unanswered, as an idle keep-alive one
+                        return
                 sink.sendall(data)
         except OSError:
             pass

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import time
 from urllib.parse import urlsplit
 
@@ -145,6 +146,36 @@ def test_a_backend_that_comes_back_is_used_again(remote_gateways, forwarders):
         time.sleep(0.1)
     assert ask(live, [{"role": "user", "content": "Hello again"}]).usage.completion_tokens == 4
     assert any(line.startswith("POST /v1/chat/completions") for line in backend.requests)
+
+
+def test_a_request_whose_connection_the_backend_closes_is_sent_again(remote_gateways, forwarders):
+    backend = forwarders()
+    backend.open()
+    live = remote_gateways([backend.url])
+    backend.drop_next = b"POST /v1/chat/completions"
+    assert ask(live, [{"role": "user", "content": "Hello"}], max_tokens=1).choices[0].message
+    assert backend.drop_next is None
+    assert sum(line.startswith("POST /v1/chat") for line in backend.requests) == 2
+    assert health(live)["status"] == "ok"
+
+
+def test_a_probe_whose_connection_the_backend_closes_keeps_the_backend_in(forwarders):
+    backend = forwarders()
+    backend.open()
+
+    async def probe_with_one_drop() -> Backend:
+        engine = RemoteEngine([backend.url], retry_interval_s=3600)
+        await engine.start()
+        try:
+            backend.drop_next = b"GET /v1/models"
+            await engine.probe()
+            return engine.backends[0]
+        finally:
+            await engine.aclose()
+
+    probed = asyncio.run(probe_with_one_drop())
+    assert backend.drop_next is None
+    assert probed.healthy and probed.last_error is None
 
 
 def test_requests_spread_over_equally_idle_backends(remote_gateways, forwarders):

@@ -5,8 +5,10 @@ Backends must run with `--trust-request-mm-kwargs` (the CROP plan travels as the
 the gateway, so its token accounting matches what they prune. Requests go to the healthy backend
 with the fewest outstanding requests. A backend that refuses connections or answers 5xx is taken
 out and probed again every `retry_interval_s`; the request moves on to another backend as long
-as nothing has been streamed to the client yet. Every call streams from the backend, so closing
-the client's stream closes the backend connection, and vLLM aborts the request.
+as nothing has been streamed to the client yet. A connection the backend closed as a request
+arrived (an idle keep-alive connection) is retried once on a new one before the backend counts
+as down. Every call streams from the backend, so closing the client's stream closes the backend
+connection, and vLLM aborts the request.
 """
 
 from __future__ import annotations
@@ -39,6 +41,12 @@ from server.engines import (
 
 logger = logging.getLogger(__name__)
 
+#: Idle pooled connections are dropped after this long: below uvicorn's (so vLLM's) 5 s
+#: keep-alive timeout, so the gateway does not send on a connection the backend is closing.
+KEEPALIVE_EXPIRY_S = 2.0
+#: Errors of a connection that was closed before any response: the request may be sent again.
+_STALE_CONNECTION = (httpx.RemoteProtocolError, httpx.ReadError, httpx.WriteError)
+
 
 class BackendError(EngineError):
     """A backend answered in a way the gateway cannot pass on (misconfiguration)."""
@@ -49,6 +57,10 @@ class BackendError(EngineError):
 
 class _BackendDown(Exception):
     """Connection refused, reset or 5xx: take the backend out and try another."""
+
+
+class _StaleConnection(_BackendDown):
+    """The backend closed the connection before answering: worth one more try on a new one."""
 
 
 @dataclass
@@ -92,7 +104,11 @@ class RemoteEngine:
         self._turn = itertools.count()
 
     async def start(self) -> None:
-        self._client = httpx.AsyncClient(timeout=self._timeout, trust_env=False)
+        self._client = httpx.AsyncClient(
+            timeout=self._timeout,
+            limits=httpx.Limits(keepalive_expiry=KEEPALIVE_EXPIRY_S),
+            trust_env=False,
+        )
         await self.probe()
         if not any(b.healthy for b in self.backends):
             logger.warning(
@@ -125,7 +141,10 @@ class RemoteEngine:
     async def _probe(self, backend: Backend) -> None:
         assert self._client is not None
         try:
-            response = await self._client.get(f"{backend.url}/v1/models", timeout=5.0)
+            try:
+                response = await self._client.get(f"{backend.url}/v1/models", timeout=5.0)
+            except _STALE_CONNECTION:
+                response = await self._client.get(f"{backend.url}/v1/models", timeout=5.0)
             response.raise_for_status()
             models = response.json()["data"]
             backend.model = models[0]["id"]
@@ -161,6 +180,7 @@ class RemoteEngine:
     async def generate(self, request: EngineRequest) -> AsyncIterator[EngineEvent]:
         body = await asyncio.to_thread(_chat_body, request)
         tried: set[str] = set()
+        retried: set[str] = set()
         while True:
             backend = self._pick(tried)
             if backend is None:
@@ -176,6 +196,12 @@ class RemoteEngine:
                     streamed = True
                     yield event
                 return
+            except _StaleConnection as exc:  # nothing streamed: no response had started
+                if backend.url in retried:
+                    self._mark_down(backend, str(exc))
+                else:  # once more, on a new connection
+                    retried.add(backend.url)
+                    tried.discard(backend.url)
             except _BackendDown as exc:
                 self._mark_down(backend, str(exc))
                 if streamed:
@@ -186,10 +212,12 @@ class RemoteEngine:
     async def _stream(self, backend: Backend, body: dict[str, Any]) -> AsyncIterator[EngineEvent]:
         assert self._client is not None
         url = f"{backend.url}/v1/chat/completions"
+        answered = False
         try:
             async with self._client.stream(
                 "POST", url, json={**body, "model": backend.model}
             ) as response:
+                answered = True
                 if response.status_code >= 500:
                     raise _BackendDown(f"HTTP {response.status_code}")
                 if response.status_code != 200:
@@ -202,7 +230,10 @@ class RemoteEngine:
                         return
                     yield _event(json.loads(data))
         except httpx.TransportError as exc:
-            raise _BackendDown(f"{type(exc).__name__}: {exc}") from None
+            stale = not answered and isinstance(exc, _STALE_CONNECTION)
+            raise (_StaleConnection if stale else _BackendDown)(
+                f"{type(exc).__name__}: {exc}"
+            ) from None
 
 
 def _refusal(status: int, payload: bytes) -> EngineError:
