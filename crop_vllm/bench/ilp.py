@@ -20,12 +20,10 @@ from __future__ import annotations
 
 import argparse
 import math
-import os
 import statistics
 import time
-from pathlib import Path
 
-from crop_vllm.bench.plc import PROMPTS, QUARTER, QUESTIONS, images
+from crop_vllm.bench.workload import QUARTER, add_workload_arguments, bench_engine, image_requests
 
 MODES = ("off", "plc", "ilp", "plc+ilp")
 
@@ -41,59 +39,27 @@ def timed(llm, requests, max_tokens: int) -> tuple[float, list]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description="ILP vs PLC vs baseline on CPU")
-    parser.add_argument("--arch", default="llava", choices=sorted(PROMPTS))
-    parser.add_argument("--requests", type=int, default=16)
-    parser.add_argument("--repeats", type=int, default=3)
+    add_workload_arguments(parser, requests=16)
     parser.add_argument("--decode", type=int, default=16)
-    parser.add_argument("--image-size", type=int, default=448)
     parser.add_argument("--ilp-layer", type=int, default=2)
-    parser.add_argument("--cache", type=Path, default=Path.home() / ".cache/crop-serving/bench")
     args = parser.parse_args()
-    os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "4")
-    os.environ.setdefault("VLLM_CPU_OMP_THREADS_BIND", "nobind")
 
-    from transformers import AutoConfig, AutoImageProcessor
-    from vllm import LLM
+    from transformers import AutoImageProcessor
 
-    from crop_vllm import CROP_OF
     from crop_vllm.geometry import image_grids
     from crop_vllm.ilp.plan import image_keep_mask
     from crop_vllm.layout import CropMode, PLCSettings, Region
     from crop_vllm.options import ImagePlan
-    from crop_vllm.testing.tiny_models import build_tiny_model
 
-    checkpoint = build_tiny_model(args.arch, args.cache / f"{args.arch}-bench", size="bench")
-    config = AutoConfig.from_pretrained(checkpoint)
-    num_layers = config.text_config.num_hidden_layers
-    llm = LLM(
-        model=str(checkpoint),
-        hf_overrides={
-            "architectures": [CROP_OF[config.architectures[0]]],
-            "crop_enable_ilp": True,
-            "crop_ilp_layer": args.ilp_layer,
-        },
-        dtype="float32",
-        enforce_eager=True,
-        max_model_len=4096,
-        max_num_seqs=args.requests,
-        max_num_batched_tokens=8192,
-        mm_processor_cache_gb=0,
-        enable_prefix_caching=False,
-        seed=0,
+    llm, checkpoint, config = bench_engine(
+        args, crop_enable_ilp=True, crop_ilp_layer=args.ilp_layer
     )
+    num_layers = config.text_config.num_hidden_layers
     block_size = llm.llm_engine.vllm_config.cache_config.block_size
 
     def batch(seed: int, mode: str):
-        requests = []
-        for index, picture in enumerate(images(args.requests, args.image_size, seed)):
-            request = {
-                "prompt": PROMPTS[args.arch].format(q=QUESTIONS[index % len(QUESTIONS)]),
-                "multi_modal_data": {"image": picture},
-            }
-            if mode != "off":
-                request["mm_processor_kwargs"] = {"crop_mode": mode, "crop_regions": [QUARTER]}
-            requests.append(request)
-        return requests
+        crop = None if mode == "off" else {"crop_mode": mode, "crop_regions": [QUARTER]}
+        return image_requests(args, seed, crop)
 
     timed(llm, batch(10_000, "ilp"), 2)  # warm-up
     prefill: dict[str, list[float]] = {m: [] for m in MODES}

@@ -14,36 +14,10 @@ transfer) that no pruning changes. Ideal speedup is the ratio of prefilled token
 from __future__ import annotations
 
 import argparse
-import os
 import statistics
 import time
-from pathlib import Path
 
-import numpy as np
-from PIL import Image
-
-QUARTER = [0.0, 0.0, 0.5, 0.5]
-PROMPTS = {
-    "llava": "USER: <image>\n{q} ASSISTANT:",
-    "llava_next": "USER: <image>\n{q} ASSISTANT:",
-    "qwen2_5_vl": (
-        "<|im_start|>user\n<|vision_start|><|image_pad|><|vision_end|>{q}<|im_end|>\n"
-        "<|im_start|>assistant\n"
-    ),
-}
-QUESTIONS = [
-    "What color is the umbrella the woman holds?",
-    "How many dogs are there?",
-    "What is written on the sign?",
-    "Is the cup on the left of the laptop?",
-]
-
-
-def images(count: int, size: int, seed: int = 0) -> list[Image.Image]:
-    rng = np.random.default_rng(seed)
-    return [
-        Image.fromarray(rng.integers(0, 255, (size, size, 3), dtype=np.uint8)) for _ in range(count)
-    ]
+from crop_vllm.bench.workload import QUARTER, add_workload_arguments, bench_engine, image_requests
 
 
 def prefill_seconds_total(llm) -> tuple[float, int]:
@@ -70,51 +44,12 @@ def run_batch(llm, requests) -> tuple[float, float, int]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description="PLC vs baseline prefill on CPU")
-    parser.add_argument("--arch", default="llava", choices=sorted(PROMPTS))
-    parser.add_argument("--requests", type=int, default=24)
-    parser.add_argument("--repeats", type=int, default=3)
-    parser.add_argument("--image-size", type=int, default=448)
-    parser.add_argument("--cache", type=Path, default=Path.home() / ".cache/crop-serving/bench")
+    add_workload_arguments(parser, requests=24)
     args = parser.parse_args()
-    os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "4")
-    os.environ.setdefault("VLLM_CPU_OMP_THREADS_BIND", "nobind")
-
-    from transformers import AutoConfig
-    from vllm import LLM
-
-    from crop_vllm import CROP_OF
-    from crop_vllm.testing.tiny_models import build_tiny_model
-
-    checkpoint = build_tiny_model(args.arch, args.cache / f"{args.arch}-bench", size="bench")
-    config = AutoConfig.from_pretrained(checkpoint)
-    llm = LLM(
-        model=str(checkpoint),
-        hf_overrides={"architectures": [CROP_OF[config.architectures[0]]]},
-        dtype="float32",
-        enforce_eager=True,
-        max_model_len=4096,
-        max_num_seqs=args.requests,
-        max_num_batched_tokens=8192,
-        # Every request carries a fresh image: no processor or prefix cache hits.
-        mm_processor_cache_gb=0,
-        enable_prefix_caching=False,
-        disable_log_stats=False,
-        seed=0,
-    )
+    llm, _, config = bench_engine(args)
 
     def batch(seed: int, region: list[float] | None):
-        pictures = images(args.requests, args.image_size, seed)
-        requests = []
-        for index, picture in enumerate(pictures):
-            question = QUESTIONS[index % len(QUESTIONS)]
-            request = {
-                "prompt": PROMPTS[args.arch].format(q=question),
-                "multi_modal_data": {"image": picture},
-            }
-            if region is not None:
-                request["mm_processor_kwargs"] = {"crop_regions": [region]}
-            requests.append(request)
-        return requests
+        return image_requests(args, seed, None if region is None else {"crop_regions": [region]})
 
     run_batch(llm, batch(10_000, None))  # warm-up
     walls: dict[str, list[float]] = {"baseline": [], "plc": []}

@@ -1,0 +1,88 @@
+"""What the PLC and ILP benchmarks share: the mid-size checkpoint, one CROP engine on it, and the
+image+question workload (fresh random images, a quarter-image region)."""
+
+from __future__ import annotations
+
+import argparse
+import os
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from PIL import Image
+
+QUARTER = [0.0, 0.0, 0.5, 0.5]
+PROMPTS = {
+    "llava": "USER: <image>\n{q} ASSISTANT:",
+    "llava_next": "USER: <image>\n{q} ASSISTANT:",
+    "qwen2_5_vl": (
+        "<|im_start|>user\n<|vision_start|><|image_pad|><|vision_end|>{q}<|im_end|>\n"
+        "<|im_start|>assistant\n"
+    ),
+}
+QUESTIONS = [
+    "What color is the umbrella the woman holds?",
+    "How many dogs are there?",
+    "What is written on the sign?",
+    "Is the cup on the left of the laptop?",
+]
+
+
+def add_workload_arguments(parser: argparse.ArgumentParser, requests: int) -> None:
+    parser.add_argument("--arch", default="llava", choices=sorted(PROMPTS))
+    parser.add_argument("--requests", type=int, default=requests)
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--image-size", type=int, default=448)
+    parser.add_argument("--cache", type=Path, default=Path.home() / ".cache/crop-serving/bench")
+
+
+def images(count: int, size: int, seed: int = 0) -> list[Image.Image]:
+    rng = np.random.default_rng(seed)
+    return [
+        Image.fromarray(rng.integers(0, 255, (size, size, 3), dtype=np.uint8)) for _ in range(count)
+    ]
+
+
+def image_requests(
+    args: argparse.Namespace, seed: int, crop: dict[str, Any] | None
+) -> list[dict[str, Any]]:
+    """`args.requests` prompts, each with its own fresh image; `crop` as processor kwargs."""
+    requests = []
+    for index, picture in enumerate(images(args.requests, args.image_size, seed)):
+        request: dict[str, Any] = {
+            "prompt": PROMPTS[args.arch].format(q=QUESTIONS[index % len(QUESTIONS)]),
+            "multi_modal_data": {"image": picture},
+        }
+        if crop is not None:
+            request["mm_processor_kwargs"] = crop
+        requests.append(request)
+    return requests
+
+
+def bench_engine(args: argparse.Namespace, **crop_settings: object) -> tuple[Any, Path, Any]:
+    """(LLM, checkpoint, HF config): one CROP engine on the cached `bench` checkpoint, with
+    every cache off so each repeat pays full price (fresh images, no prefix hits)."""
+    os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "4")
+    os.environ.setdefault("VLLM_CPU_OMP_THREADS_BIND", "nobind")
+    from transformers import AutoConfig
+    from vllm import LLM
+
+    from crop_vllm import CROP_OF
+    from crop_vllm.testing.tiny_models import build_tiny_model
+
+    checkpoint = build_tiny_model(args.arch, args.cache / f"{args.arch}-bench", size="bench")
+    config = AutoConfig.from_pretrained(checkpoint)
+    llm = LLM(
+        model=str(checkpoint),
+        hf_overrides={"architectures": [CROP_OF[config.architectures[0]]], **crop_settings},
+        dtype="float32",
+        enforce_eager=True,
+        max_model_len=4096,
+        max_num_seqs=args.requests,
+        max_num_batched_tokens=8192,
+        mm_processor_cache_gb=0,
+        enable_prefix_caching=False,
+        disable_log_stats=False,
+        seed=0,
+    )
+    return llm, checkpoint, config
