@@ -17,6 +17,7 @@ import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 from PIL import Image
@@ -89,18 +90,9 @@ class YoloWorldDetector:
         self._letterbox = LetterBox(imgsz, auto=False, stride=self.stride)
 
     @classmethod
-    def from_weights(
-        cls,
-        path: Path,
-        *,
-        imgsz: int = 640,
-        conf: float = 0.25,
-        iou: float = 0.7,
-        max_det: int = 100,
-        device: str = "cpu",
-        half: bool = False,
-    ) -> YoloWorldDetector:
-        """Load `yolov8{s,m,l,x}-worldv2.pt` from a local path; never downloads.
+    def from_weights(cls, path: Path, **settings: Any) -> YoloWorldDetector:
+        """Load `yolov8{s,m,l,x}-worldv2.pt` from a local path; never downloads. `settings` are
+        the constructor's keywords (imgsz, conf, iou, max_det, device, half).
 
         Raises `LocalizerStartupError` naming the file for a missing, unreadable or non-YOLO-World
         checkpoint, so the service fails at startup rather than on the first request.
@@ -120,9 +112,7 @@ class YoloWorldDetector:
             raise LocalizerStartupError(
                 f"{path} holds a {type(model).__name__}, not a YOLO-World (WorldModel) checkpoint"
             )
-        return cls(
-            model, imgsz=imgsz, conf=conf, iou=iou, max_det=max_det, device=device, half=half
-        )
+        return cls(model, **settings)
 
     @property
     def embed_dim(self) -> int:

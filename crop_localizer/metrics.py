@@ -4,7 +4,8 @@ from __future__ import annotations
 
 from prometheus_client import REGISTRY, CollectorRegistry, Counter, Histogram
 
-_SECONDS_BUCKETS = (0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
+# Localization latencies, from a batched GPU call (ms) to a busy CPU (s); the gateway reuses them.
+LOCALIZER_SECONDS_BUCKETS = (0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 
 
 class LocalizerMetrics:
@@ -20,13 +21,13 @@ class LocalizerMetrics:
         self.queue_wait = Histogram(
             "crop_localizer_queue_wait_seconds",
             "Time an image waited in the micro-batcher queue before its forward pass started.",
-            buckets=_SECONDS_BUCKETS,
+            buckets=LOCALIZER_SECONDS_BUCKETS,
             registry=registry,
         )
         self.inference = Histogram(
             "crop_localizer_inference_seconds",
             "Time of one batched detector call (preprocess, forward, NMS).",
-            buckets=_SECONDS_BUCKETS,
+            buckets=LOCALIZER_SECONDS_BUCKETS,
             registry=registry,
         )
         self.regions = Counter(

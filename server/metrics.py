@@ -9,8 +9,9 @@ from __future__ import annotations
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
+from crop_localizer.metrics import LOCALIZER_SECONDS_BUCKETS
+
 _LATENCY_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0)
-_LOCALIZER_BUCKETS = (0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)
 
 
 class GatewayMetrics:
@@ -54,7 +55,7 @@ class GatewayMetrics:
         self.localization_seconds = Histogram(
             "crop_localization_seconds",
             "Wall time of a request's localization stage (all its images).",
-            buckets=_LOCALIZER_BUCKETS,
+            buckets=LOCALIZER_SECONDS_BUCKETS,
             registry=r,
         )
         self.localization_batch = Histogram(
