@@ -7,7 +7,17 @@ from pathlib import Path
 
 import pytest
 
-from tests.engine_fixtures import crop_engine, vllm_serve  # noqa: F401  (fixtures)
+# Helper modules with asserts, imported by test modules before pytest could rewrite them.
+pytest.register_assert_rewrite(
+    "tests.engine_fixtures",
+    "tests.engine_support",
+    "tests.gateway_fixtures",
+    "tests.localizer_fixtures",
+    "tests.reference_ilp",
+    "tests.reference_plc",
+)
+
+from tests.engine_fixtures import crop_engine, vllm_serve  # noqa: E402, F401  (fixtures)
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 TINY_CACHE = Path(__file__).parent / ".cache" / "tiny"

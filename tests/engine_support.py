@@ -8,6 +8,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from crop_vllm.layout import Region
+
 os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")
 os.environ.setdefault("VLLM_CPU_OMP_THREADS_BIND", "nobind")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -26,6 +28,11 @@ _PLACEHOLDER = {
 }
 
 MAX_TOKENS = 16
+#: float32 on CPU: vLLM's kernels and transformers' differ only in summation order.
+LOGPROB_TOLERANCE = 2e-3
+QUARTER = Region(0.0, 0.0, 0.5, 0.5)
+BORDER = Region(0.8, 0.0, 1.0, 0.3)
+ONE_CELL = Region(0.41, 0.41, 0.42, 0.42)
 
 
 def make_prompt(arch: str, num_images: int, question: str) -> str:

@@ -11,7 +11,11 @@ import pytest
 from crop_vllm.layout import FULL_IMAGE, CropMode, Region
 from crop_vllm.options import CropSettings, ImagePlan
 from tests.engine_support import (
+    BORDER,
     CROP_ARCH,
+    LOGPROB_TOLERANCE,
+    ONE_CELL,
+    QUARTER,
     chosen_logprobs,
     greedy,
     make_llm,
@@ -25,11 +29,6 @@ from tests.reference_ilp import ReferenceILP
 pytestmark = pytest.mark.engine
 
 ARCHES = ("llava", "qwen2_5_vl", "llava_next")
-QUARTER = Region(0.0, 0.0, 0.5, 0.5)
-BORDER = Region(0.8, 0.0, 1.0, 0.3)
-ONE_CELL = Region(0.41, 0.41, 0.42, 0.42)
-#: float32 on CPU: vLLM's kernels and transformers' differ only in summation order.
-LOGPROB_TOLERANCE = 2e-3
 ILP_OVERRIDES = {"crop_enable_ilp": True}
 #: Small chunks: every image's placeholders span several prefill steps.
 CHUNK_TOKENS = 64

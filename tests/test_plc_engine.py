@@ -7,6 +7,10 @@ import pytest
 from crop_vllm.geometry import image_grids, num_image_tokens
 from crop_vllm.layout import FULL_IMAGE, PLCSettings, Region
 from tests.engine_support import (
+    BORDER,
+    LOGPROB_TOLERANCE,
+    ONE_CELL,
+    QUARTER,
     STOCK_ARCH,
     chosen_logprobs,
     greedy,
@@ -20,11 +24,6 @@ from tests.reference_plc import ReferencePLC
 pytestmark = pytest.mark.engine
 
 ARCHES = ("llava", "llava_next", "qwen2_5_vl")
-QUARTER = Region(0.0, 0.0, 0.5, 0.5)
-BORDER = Region(0.8, 0.0, 1.0, 0.3)
-ONE_CELL = Region(0.41, 0.41, 0.42, 0.42)
-#: float32 on CPU: vLLM's kernels and transformers' differ only in summation order.
-LOGPROB_TOLERANCE = 2e-3
 
 
 def predicted_tokens(arch, checkpoint, image, region: Region | None) -> int:
