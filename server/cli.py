@@ -48,6 +48,15 @@ def _engine_arg(text: str) -> tuple[str, Any]:
         return key.replace("-", "_"), value
 
 
+def _flag_value(text: str) -> bool:
+    value = text.strip().lower()
+    if value in ("1", "true", "yes", "on"):
+        return True
+    if value in ("0", "false", "no", "off"):
+        return False
+    raise argparse.ArgumentTypeError(f"expected true or false, got {text!r}")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="crop-server", description=__doc__.split("\n\n")[0])
     commands = parser.add_subparsers(dest="command", required=True)
@@ -103,8 +112,13 @@ def build_parser() -> argparse.ArgumentParser:
     crop.add_argument("--crop-ilp-layer", type=int, default=2)
     crop.add_argument(
         "--crop-enable-ilp",
-        action="store_true",
-        help="allow ILP modes (the embedded engine then runs eager, without prefix caching)",
+        nargs="?",
+        const=True,
+        default=False,
+        type=_flag_value,
+        metavar="BOOL",
+        help="allow ILP modes (the embedded engine then runs eager, without prefix caching); "
+        "a value (true/false) lets deployment files set it from a variable",
     )
 
     localizer = serve.add_argument_group("localizer")

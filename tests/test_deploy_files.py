@@ -49,17 +49,22 @@ def run(*command: str, cwd: Path = DEPLOY) -> subprocess.CompletedProcess[str]:
 
 
 @functools.cache
-def compose_config(*files: Path, profiles: str = "remote") -> dict[str, Any]:
-    """The merged compose model as docker-compose resolves it (with deploy/.env); cached, so
-    treat it as read-only."""
+def compose_config(
+    *files: Path, profiles: str = "remote", enable_ilp: str | None = None
+) -> dict[str, Any]:
+    """The merged compose model as docker-compose resolves it (with deploy/.env, and
+    CROP_ENABLE_ILP when given); cached, so treat it as read-only."""
     args = [a for f in files for a in ("-f", str(f))]
+    env = {"PATH": "/usr/bin:/bin", "COMPOSE_PROFILES": profiles}
+    if enable_ilp is not None:
+        env["CROP_ENABLE_ILP"] = enable_ilp
     result = subprocess.run(
         [tool("docker-compose"), *args, "config"],
         cwd=DEPLOY,
         capture_output=True,
         text=True,
         timeout=120,
-        env={"PATH": "/usr/bin:/bin", "COMPOSE_PROFILES": profiles},
+        env=env,
     )
     assert result.returncode == 0, result.stderr
     return yaml.safe_load(result.stdout)
@@ -142,6 +147,35 @@ def test_gateway_prunes_with_the_engine_settings():
     assert int(gateway["crop-outside-stride"]) == engine["crop_outside_stride"]
     assert gateway["crop-default-mode"] == engine["crop_default_mode"]
     assert gateway["backend"] == "http://engine:8000"
+
+
+@pytest.mark.parametrize("enable_ilp", ["false", "true"])
+def test_one_variable_turns_ilp_on_in_the_engine_and_the_gateways(enable_ilp):
+    remote = compose_config(COMPOSE, REPLICAS, enable_ilp=enable_ilp)["services"]
+    embedded = compose_config(COMPOSE, profiles="embedded", enable_ilp=enable_ilp)["services"]
+    for engine in ("engine", "engine-2"):
+        overrides = json.loads(flags(remote[engine]["command"])["hf-overrides"])
+        assert overrides["crop_enable_ilp"] is (enable_ilp == "true")
+    for gateway in (remote["gateway"], embedded["embedded"]):
+        assert flags(gateway["command"])["crop-enable-ilp"] == enable_ilp
+
+
+@pytest.mark.parametrize("enable_ilp", [False, True])
+def test_the_engine_runs_as_ilp_requires(enable_ilp):
+    """vLLM's own parser on the engine command, its --config file read from deploy/vllm/:
+    with ILP, eager and no prefix caching (what the plugin demands at startup); without,
+    vLLM's defaults."""
+    from vllm.entrypoints.launchers.cli_args import make_arg_parser
+    from vllm.utils.argparse_utils import FlexibleArgumentParser
+
+    config = compose_config(COMPOSE, enable_ilp=str(enable_ilp).lower())
+    assert f"{DEPLOY / 'vllm'}:/etc/crop:ro" in config["services"]["engine"]["volumes"]
+    vllm, serve, model, *rest = config["services"]["engine"]["command"]
+    assert (vllm, serve) == ("vllm", "serve")
+    local = [a.replace("/etc/crop", str(DEPLOY / "vllm")) for a in rest]
+    args = make_arg_parser(FlexibleArgumentParser()).parse_args(["--model", model, *local])
+    assert args.enforce_eager is enable_ilp
+    assert args.enable_prefix_caching is (not enable_ilp)
 
 
 @pytest.mark.parametrize("service", ["engine", "gateway", "embedded"])

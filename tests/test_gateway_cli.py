@@ -61,6 +61,21 @@ def test_localizer_flags_set_its_input_size_threshold_and_batching():
     assert (built.imgsz, built.conf, built.max_batch, built.max_wait_ms) == (320, 0.1, 2, 0.0)
 
 
+@pytest.mark.parametrize(
+    ("flags", "enabled"),
+    [((), False), (("--crop-enable-ilp",), True), (("--crop-enable-ilp=true",), True),
+     (("--crop-enable-ilp=false",), False)],
+)  # fmt: skip
+def test_ilp_is_enabled_by_the_bare_flag_or_a_true_value(flags, enabled):
+    assert config(*flags).crop.enable_ilp is enabled
+
+
+def test_an_ilp_flag_value_that_is_not_a_boolean_is_refused(capsys):
+    with pytest.raises(SystemExit):
+        config("--crop-enable-ilp=maybe")
+    assert "expected true or false" in capsys.readouterr().err
+
+
 def test_api_keys_also_come_from_the_environment(monkeypatch):
     monkeypatch.setenv("CROP_API_KEYS", "a, b")
     assert config("--api-key", "c").api_keys == ("c", "a", "b")
