@@ -17,6 +17,7 @@ from crop_localizer.images import (
     ImageDecodeError,
     ImageTooLargeError,
     decode_image,
+    encoded_source,
 )
 
 LIMIT = 10_000_000
@@ -148,6 +149,34 @@ def test_exif_orientation_is_applied():
     exif[0x0112] = 6  # rotate 90 degrees clockwise to display
     decoded = decode_image(encode(image, "JPEG", exif=exif.tobytes()), max_pixels=LIMIT)
     assert decoded.size == (20, 40)
+
+
+@pytest.mark.parametrize("fmt", ["JPEG", "PNG"])
+def test_an_upright_rgb_image_keeps_the_bytes_the_client_sent(fmt):
+    data = encode(Image.new("RGB", (16, 8), "red"), fmt)
+    source = encoded_source(decode_image(data, max_pixels=LIMIT))
+    assert source == (Image.MIME[fmt], data)
+
+
+def rotated_jpeg() -> bytes:
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    return encode(Image.new("RGB", (40, 20), "blue"), "JPEG", exif=exif.tobytes())
+
+
+@pytest.mark.parametrize(
+    "data",
+    [
+        encode(Image.new("L", (8, 8), 128)),
+        encode(Image.new("RGBA", (8, 8), (0, 0, 0, 0))),
+        encode(Image.new("CMYK", (8, 8), (0, 0, 0, 0)), "JPEG"),
+        encode(Image.new("RGB", (8, 8), "red"), "GIF"),
+        rotated_jpeg(),
+    ],
+    ids=["grayscale", "transparent", "cmyk", "gif", "exif-rotated"],
+)
+def test_a_converted_image_has_no_client_bytes_to_pass_on(data):
+    assert encoded_source(decode_image(data, max_pixels=LIMIT)) is None
 
 
 def test_every_decode_error_is_a_value_error_with_a_message():

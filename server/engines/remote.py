@@ -27,6 +27,7 @@ from typing import Any
 import httpx
 from PIL import Image
 
+from crop_localizer.images import encoded_source
 from server.engines import (
     ChoiceDelta,
     EngineBadRequest,
@@ -285,11 +286,16 @@ def _event(chunk: dict[str, Any]) -> EngineEvent:
     return EngineEvent(tuple(deltas))
 
 
-def _png_data_url(image: Image.Image) -> str:
-    """Lossless, so the backend prunes exactly the pixels the gateway measured and localized."""
-    buffer = io.BytesIO()
-    image.save(buffer, format="PNG", compress_level=1)
-    return "data:image/png;base64," + base64.b64encode(buffer.getvalue()).decode("ascii")
+def _data_url(image: Image.Image) -> str:
+    """The client's own bytes when they decode to exactly these pixels, else a lossless PNG: the
+    backend prunes exactly the pixels the gateway measured and localized."""
+    source = encoded_source(image)
+    if source is None:
+        buffer = io.BytesIO()
+        image.save(buffer, format="PNG", compress_level=1)
+        source = ("image/png", buffer.getvalue())
+    mime, data = source
+    return f"data:{mime};base64," + base64.b64encode(data).decode("ascii")
 
 
 def _chat_body(request: EngineRequest) -> dict[str, Any]:
@@ -299,7 +305,7 @@ def _chat_body(request: EngineRequest) -> dict[str, Any]:
         content = message["content"]
         if isinstance(content, list):
             content = [
-                {"type": "image_url", "image_url": {"url": _png_data_url(next(images))}}
+                {"type": "image_url", "image_url": {"url": _data_url(next(images))}}
                 if part["type"] == "image"
                 else part
                 for part in content
