@@ -7,13 +7,18 @@ of fresh 448px images with questions and a quarter-image region. One CROP engine
 (`crop_enable_ilp`, eager, no prefix caching) serves all four modes, alternated per repeat so
 that each sees the same machine state.
 
-- prefill s: wall time of the batch with one output token (vision encoder included);
-- decode ms/step: (wall time with 1 + `--decode` tokens - prefill time) / `--decode`;
+- layers s: time in the decoder layers (first layer's input to last layer's output, summed
+  over the batch's prefill steps) for the batch with one output token: what the ideal models;
+- engine s: vLLM's mean prefill time per request in that batch (vision encoder included);
+  wall s: the batch's wall time (image preprocessing included too);
+- decode ms: vLLM's mean time between output tokens, in a second run of the batch with
+  1 + `--decode` output tokens;
 - layer-weighted tokens: sum over requests of K * prefilled + (L - K) * kept-after-K tokens
   (what the decoder layers process in prefill), relative to the baseline;
 - KV blocks: blocks the batch's prompts occupy (ILP keeps a block per logical token in every
   layer, so it saves compute, not KV memory);
-- ideal speedup = baseline layer-weighted tokens / mode's; measured = baseline prefill / mode's.
+- ideal speedup = baseline layer-weighted tokens / mode's; measured = baseline time / mode's,
+  for the decoder layers, engine prefill and wall time.
 """
 
 from __future__ import annotations
@@ -23,7 +28,17 @@ import math
 import statistics
 import time
 
-from crop_vllm.bench.workload import QUARTER, add_workload_arguments, bench_engine, image_requests
+from crop_vllm.bench.workload import (
+    INTER_TOKEN_SECONDS,
+    PREFILL_SECONDS,
+    QUARTER,
+    add_workload_arguments,
+    bench_engine,
+    histogram_mean,
+    histogram_totals,
+    image_requests,
+    time_decoder_layers,
+)
 
 MODES = ("off", "plc", "ilp", "plc+ilp")
 
@@ -61,17 +76,24 @@ def main() -> None:
         crop = None if mode == "off" else {"crop_mode": mode, "crop_regions": [QUARTER]}
         return image_requests(args, seed, crop)
 
+    layer_seconds = time_decoder_layers(llm)
     timed(llm, batch(10_000, "ilp"), 2)  # warm-up
-    prefill: dict[str, list[float]] = {m: [] for m in MODES}
+    layers: dict[str, list[float]] = {m: [] for m in MODES}
+    wall: dict[str, list[float]] = {m: [] for m in MODES}
+    engine: dict[str, list[float]] = {m: [] for m in MODES}
     decode: dict[str, list[float]] = {m: [] for m in MODES}
     prompts: dict[str, list[int]] = {}
     for repeat in range(args.repeats):
         for mode in MODES:
             requests = batch(repeat, mode)
-            first, outputs = timed(llm, requests, 1)
-            total, _ = timed(llm, requests, 1 + args.decode)
-            prefill[mode].append(first)
-            decode[mode].append((total - first) / args.decode)
+            before, layers_before = histogram_totals(llm, PREFILL_SECONDS), layer_seconds()
+            seconds, outputs = timed(llm, requests, 1)
+            layers[mode].append(layer_seconds() - layers_before)
+            wall[mode].append(seconds)
+            engine[mode].append(histogram_mean(llm, PREFILL_SECONDS, before))
+            before = histogram_totals(llm, INTER_TOKEN_SECONDS)
+            timed(llm, requests, 1 + args.decode)
+            decode[mode].append(histogram_mean(llm, INTER_TOKEN_SECONDS, before))
             prompts[mode] = [len(o.prompt_token_ids) for o in outputs]
 
     processor = AutoImageProcessor.from_pretrained(checkpoint).to_dict()
@@ -89,28 +111,36 @@ def main() -> None:
         return sum(k * p + (num_layers - k) * (p - dropped(mode)) for p in prompts[mode])
 
     base_lw = layer_weighted("off")
-    base_prefill = statistics.median(prefill["off"])
+    median = {
+        name: {m: statistics.median(v) for m, v in times.items()}
+        for name, times in (
+            ("layers", layers),
+            ("wall", wall),
+            ("engine", engine),
+            ("decode", decode),
+        )
+    }
     print(
         f"\nILP benchmark: {args.arch} bench checkpoint ({num_layers} LLM layers, K="
         f"{args.ilp_layer}), {args.requests} requests x {args.repeats} repeats, "
         f"{args.image_size}px, quarter region, stride 4, CPU, block size {block_size}"
     )
-    header = (
-        f"{'mode':8} {'prompt tok':>10} {'kept@K':>7} {'LW tok':>8} {'LW %':>6} "
-        f"{'KV blk':>6} {'prefill s':>9} {'decode ms':>9} {'ideal':>6} {'measured':>8} {'m/i':>6}"
+    print(
+        f"{'mode':8} {'prompt':>6} {'kept@K':>6} {'LW tok':>7} {'LW %':>6} {'KV blk':>6} "
+        f"{'layers s':>8} {'eng s':>6} {'wall s':>6} {'dec ms':>6} {'ideal':>6} "
+        f"{'layers x':>8} {'m/i':>6} {'eng x':>8} {'m/i':>6} {'wall x':>8} {'m/i':>6}"
     )
-    print(header)
     for mode in MODES:
         lw = layer_weighted(mode)
         blocks = sum(math.ceil((p + 1 + args.decode) / block_size) for p in prompts[mode])
         kept = sum(p - dropped(mode) for p in prompts[mode])
-        median_prefill = statistics.median(prefill[mode])
-        ideal, measured = base_lw / lw, base_prefill / median_prefill
+        ideal = base_lw / lw
+        speedups = [median[k]["off"] / median[k][mode] for k in ("layers", "engine", "wall")]
         print(
-            f"{mode:8} {sum(prompts[mode]):>10} {kept:>7} "
-            f"{lw:>8} {lw / base_lw:>6.1%} {blocks:>6} {median_prefill:>9.3f} "
-            f"{1000 * statistics.median(decode[mode]):>9.1f} {ideal:>5.2f}x {measured:>7.2f}x "
-            f"{measured / ideal:>6.1%}"
+            f"{mode:8} {sum(prompts[mode]):>6} {kept:>6} {lw:>7} {lw / base_lw:>6.1%} "
+            f"{blocks:>6} {median['layers'][mode]:>8.3f} {median['engine'][mode]:>6.3f} "
+            f"{median['wall'][mode]:>6.3f} {1000 * median['decode'][mode]:>6.1f} {ideal:>5.2f}x "
+            + " ".join(f"{x:>7.2f}x {x / ideal:>6.1%}" for x in speedups)
         )
     llm.llm_engine.engine_core.shutdown()
 

@@ -17,15 +17,15 @@ import argparse
 import statistics
 import time
 
-from crop_vllm.bench.workload import QUARTER, add_workload_arguments, bench_engine, image_requests
-
-
-def prefill_seconds_total(llm) -> tuple[float, int]:
-    """(sum, count) of vLLM's per-request prefill-time histogram so far."""
-    for metric in llm.get_metrics():
-        if metric.name == "vllm:request_prefill_time_seconds":
-            return metric.sum, metric.count
-    raise RuntimeError("vLLM reported no prefill-time metric (log stats disabled?)")
+from crop_vllm.bench.workload import (
+    PREFILL_SECONDS,
+    QUARTER,
+    add_workload_arguments,
+    bench_engine,
+    histogram_mean,
+    histogram_totals,
+    image_requests,
+)
 
 
 def run_batch(llm, requests) -> tuple[float, float, int]:
@@ -33,12 +33,11 @@ def run_batch(llm, requests) -> tuple[float, float, int]:
     from vllm import SamplingParams
 
     params = SamplingParams(temperature=0, max_tokens=1)
-    sum_before, count_before = prefill_seconds_total(llm)
+    before = histogram_totals(llm, PREFILL_SECONDS)
     start = time.perf_counter()
     outputs = llm.generate(requests, params, use_tqdm=False)
     wall = time.perf_counter() - start
-    sum_after, count_after = prefill_seconds_total(llm)
-    prefill = (sum_after - sum_before) / (count_after - count_before)
+    prefill = histogram_mean(llm, PREFILL_SECONDS, before)
     return wall, prefill, sum(len(o.prompt_token_ids) for o in outputs)
 
 

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import argparse
 import os
+import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -20,6 +22,10 @@ PROMPTS = {
         "<|im_start|>assistant\n"
     ),
 }
+#: vLLM's per-request prefill time (scheduled to first token, vision encoder included) and the
+#: time between output tokens: engine-side, without preprocessing or client overhead.
+PREFILL_SECONDS = "vllm:request_prefill_time_seconds"
+INTER_TOKEN_SECONDS = "vllm:inter_token_latency_seconds"
 QUESTIONS = [
     "What color is the umbrella the woman holds?",
     "How many dogs are there?",
@@ -64,6 +70,8 @@ def bench_engine(args: argparse.Namespace, **crop_settings: object) -> tuple[Any
     every cache off so each repeat pays full price (fresh images, no prefix hits)."""
     os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "4")
     os.environ.setdefault("VLLM_CPU_OMP_THREADS_BIND", "nobind")
+    # `time_decoder_layers` sends its functions to the engine's worker process.
+    os.environ.setdefault("VLLM_ALLOW_INSECURE_SERIALIZATION", "1")
     from transformers import AutoConfig
     from vllm import LLM
 
@@ -86,3 +94,50 @@ def bench_engine(args: argparse.Namespace, **crop_settings: object) -> tuple[Any
         seed=0,
     )
     return llm, checkpoint, config
+
+
+def histogram_totals(llm: Any, name: str) -> tuple[float, int]:
+    """(sum, count) so far of one of vLLM's histograms (its engine-side timings)."""
+    for metric in llm.get_metrics():
+        if metric.name == name:
+            return metric.sum, metric.count
+    raise RuntimeError(f"vLLM reported no {name} (log stats disabled?)")
+
+
+def histogram_mean(llm: Any, name: str, before: tuple[float, int]) -> float:
+    """Mean of the observations of `name` since `before` (a `histogram_totals` result)."""
+    total, count = histogram_totals(llm, name)
+    return (total - before[0]) / (count - before[1])
+
+
+def time_decoder_layers(llm: Any) -> Callable[[], float]:
+    """Start summing, inside the engine's worker, the wall time of the language model's decoder
+    layers (first layer's input to last layer's output: what ILP shortens; the vision encoder,
+    embeddings and LM head excluded). Returns a function reading the total so far, in seconds."""
+    llm.apply_model(_install_layer_timer)
+    return lambda: llm.apply_model(_layer_seconds)[0]
+
+
+def _decoder_layers(model: Any) -> Any:
+    return model.language_model.model.layers
+
+
+def _install_layer_timer(model: Any) -> None:
+    layers = _decoder_layers(model)
+    if hasattr(layers, "bench_seconds"):
+        return
+    layers.bench_seconds = 0.0
+    started: list[float] = []
+
+    def start(module: Any, args: Any) -> None:
+        started.append(time.perf_counter())
+
+    def stop(module: Any, args: Any, output: Any) -> None:
+        layers.bench_seconds += time.perf_counter() - started.pop()
+
+    layers[0].register_forward_pre_hook(start)
+    layers[len(layers) - 1].register_forward_hook(stop)
+
+
+def _layer_seconds(model: Any) -> float:
+    return float(_decoder_layers(model).bench_seconds)
