@@ -21,7 +21,8 @@ Configurations alternate within each concurrency level so all see the same machi
 Engine caches are off (no prefix or processor-cache hits across repeats). Prints a table, and
 writes results.json, results.csv and PNG plots to --out: throughput and TTFT p50/p99 against
 concurrency, visual tokens kept, measured vs ideal speedup, and the localizer's share of
-latency. The checkpoint is the mid-size random `bench` one (`crop_vllm.testing.tiny_models`).
+latency. The checkpoint is the mid-size random `bench` one (`crop_vllm.testing.tiny_models`;
+`--size bench-1024` for its hidden-1024 LLM).
 """
 
 from __future__ import annotations
@@ -534,7 +535,8 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--arch", default="qwen2_5_vl", choices=("llava", "llava_next",
                         "qwen2_5_vl"))  # fmt: skip
-    parser.add_argument("--model", type=Path, help="checkpoint (default: the bench checkpoint)")
+    parser.add_argument("--model", type=Path, help="checkpoint (default: a random one of --size)")
+    parser.add_argument("--size", default="bench", choices=("bench", "bench-1024"))
     parser.add_argument(
         "--concurrency", type=lambda s: [int(x) for x in s.split(",")], default=[1, 2, 4, 8]
     )
@@ -554,7 +556,9 @@ def main(argv: list[str] | None = None) -> int:
 
     from crop_vllm.testing.tiny_models import build_tiny_model
 
-    model = args.model or build_tiny_model(args.arch, args.cache / f"{args.arch}-bench", "bench")
+    model = args.model or build_tiny_model(
+        args.arch, args.cache / f"{args.arch}-{args.size}", args.size
+    )
     logs = args.out / "logs"  # the servers' logs, kept for post-mortems
     logs.mkdir(exist_ok=True)
     load_before = os.getloadavg()[0]  # other work on the machine skews every number

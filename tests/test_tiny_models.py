@@ -230,10 +230,12 @@ def test_rejects_unknown_arch_and_size():
         model_spec("llava", "huge")
 
 
-def test_bench_spec_sizes():
+@pytest.mark.parametrize("size", ["bench", "bench-1024"])
+def test_bench_spec_sizes(size):
     for arch in ARCHES:
-        spec = model_spec(arch, "bench")
-        assert 8 <= spec["text"]["num_hidden_layers"] <= 12
-        assert 512 <= spec["text"]["hidden_size"] <= 1024
-    clip = model_spec("llava", "bench")["vision"]
+        text = model_spec(arch, size)["text"]
+        assert 8 <= text["num_hidden_layers"] <= 12
+        assert 512 <= text["hidden_size"] <= 1024
+        assert text["hidden_size"] // text["num_attention_heads"] in CPU_ATTN_HEAD_SIZES
+    clip = model_spec("llava", size)["vision"]
     assert (clip["image_size"] // clip["patch_size"]) ** 2 >= 256

@@ -1,6 +1,6 @@
 """Small random-weight VLM checkpoints that both transformers and vLLM load, built offline.
 
-    python -m crop_vllm.testing.tiny_models --arch llava --out DIR [--size tiny|bench]
+    python -m crop_vllm.testing.tiny_models --arch llava --out DIR [--size tiny|bench|bench-1024]
 
 writes a Hugging Face checkpoint directory (config.json, float32 safetensors in the hub key
 layout via `save_pretrained`, a locally trained byte-level BPE tokenizer with the family's
@@ -20,6 +20,8 @@ CLIP-based families, so CLS is dropped):
   and head_dim 64. llava: 224x224 -> 256 tokens (16x16); llava_next: 224x224 -> 528 (1x2 tiles
   of 16x16 unpadded to 16x16 + 16 newlines + 256 base), 448x448 -> 1312; qwen2_5_vl: 448x448
   -> 256 tokens (16x16 merged), up to 672x672 -> 576.
+* ``bench-1024``: ``bench`` with the LLM at hidden 1024 (16 heads of 64), the spec's upper
+  bound, for checking how CROP's gains grow with the LLM's share of the work.
 
 Weights are not the transformers default init (std 0.02 gives near-uniform logits whose greedy
 argmax is decided by float noise): every matrix is drawn with std 1/sqrt(fan_in), embeddings
@@ -54,7 +56,7 @@ from pathlib import Path
 from typing import Any
 
 ARCHES = ("llava", "llava_next", "qwen2_5_vl")
-SIZES = ("tiny", "bench")
+SIZES = ("tiny", "bench", "bench-1024")
 
 # Part of the spec; the spec hash also covers this file's source, so edits rebuild caches.
 _FORMAT_VERSION = 1
@@ -104,6 +106,13 @@ _LLM_BENCH = {
     "num_attention_heads": 12,
     "num_key_value_heads": 4,
 }
+_LLM_BENCH_1024 = {
+    **_LLM_BENCH,
+    "hidden_size": 1024,
+    "intermediate_size": 2816,
+    "num_attention_heads": 16,
+}
+_LLMS = {"tiny": _LLM_TINY, "bench": _LLM_BENCH, "bench-1024": _LLM_BENCH_1024}
 _QWEN_VISION_TINY = {
     "depth": 2,
     "hidden_size": 64,
@@ -127,7 +136,7 @@ def model_spec(arch: str, size: str = "tiny") -> dict[str, Any]:
     if size not in SIZES:
         raise ValueError(f"unknown size {size!r}; expected one of {SIZES}")
     tiny = size == "tiny"
-    llm = dict(_LLM_TINY if tiny else _LLM_BENCH)
+    llm = dict(_LLMS[size])
     spec: dict[str, Any] = {
         "format_version": _FORMAT_VERSION,
         "arch": arch,
