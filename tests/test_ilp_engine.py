@@ -39,18 +39,24 @@ def arch(request):
     return request.param
 
 
-@pytest.fixture(scope="module")
-def ilp_engine(arch, tiny_checkpoint, crop_engine):
-    """An ILP engine for `arch` (the session's CROP engine is shut down first: one at a time)."""
-    crop_engine(None)
-    llm = make_llm(
+def make_ilp_llm(tiny_checkpoint, arch: str, **engine_args):
+    """An ILP engine on `arch`'s tiny checkpoint, prefill forced into CHUNK_TOKENS-token chunks."""
+    return make_llm(
         tiny_checkpoint(arch),
         CROP_ARCH[arch],
         hf_overrides=ILP_OVERRIDES,
         enable_prefix_caching=False,
         enable_chunked_prefill=True,
         max_num_batched_tokens=CHUNK_TOKENS,
+        **engine_args,
     )
+
+
+@pytest.fixture(scope="module")
+def ilp_engine(arch, tiny_checkpoint, crop_engine):
+    """An ILP engine for `arch` (the session's CROP engine is shut down first: one at a time)."""
+    crop_engine(None)
+    llm = make_ilp_llm(tiny_checkpoint, arch)
     yield llm
     shutdown(llm)
 
@@ -180,13 +186,9 @@ def test_preempted_ilp_requests_recompute_to_the_reference(tiny_checkpoint, crop
     preempt each other; after recompute every one still equals the uninterrupted reference."""
     arch = "llava"
     crop_engine(None)
-    llm = make_llm(
-        tiny_checkpoint(arch),
-        CROP_ARCH[arch],
-        hf_overrides=ILP_OVERRIDES,
-        enable_prefix_caching=False,
-        enable_chunked_prefill=True,
-        max_num_batched_tokens=CHUNK_TOKENS,
+    llm = make_ilp_llm(
+        tiny_checkpoint,
+        arch,
         num_gpu_blocks_override=5,
         max_model_len=512,
         disable_log_stats=False,
