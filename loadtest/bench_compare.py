@@ -31,7 +31,6 @@ import argparse
 import asyncio
 import base64
 import contextlib
-import io
 import json
 import math
 import os
@@ -47,9 +46,9 @@ from typing import Any
 
 import httpx
 import numpy as np
-from PIL import Image
 from tqdm import tqdm
 
+from crop_vllm.testing.photos import photo_jpeg
 from crop_vllm.testing.servers import free_port
 from server.config import CropDefaults
 
@@ -131,18 +130,6 @@ class Level:
 # --------------------------------------------------------------------------------------------
 # Images and requests
 # --------------------------------------------------------------------------------------------
-
-
-def photo_jpeg(seed: int, width: int, height: int) -> bytes:
-    """A photo-like image (flat colour patches, mild noise): distinct per seed."""
-    rng = np.random.default_rng(seed)
-    rows, cols = rng.integers(3, 10, size=2)
-    patches = Image.fromarray(rng.integers(0, 256, (rows, cols, 3), dtype=np.uint8))
-    pixels = np.asarray(patches.resize((width, height), Image.Resampling.NEAREST), np.int16)
-    noisy = np.clip(pixels + rng.integers(-12, 13, pixels.shape), 0, 255).astype(np.uint8)
-    buffer = io.BytesIO()
-    Image.fromarray(noisy).save(buffer, format="JPEG", quality=90)
-    return buffer.getvalue()
 
 
 def downscaled_size(model: str, width: int, height: int) -> tuple[int, int, int, int] | None:
@@ -568,10 +555,11 @@ def main(argv: list[str] | None = None) -> int:
             result = asyncio.run(sweep(args, Path(model), urls))
         except RuntimeError as exc:
             raise SystemExit(f"benchmark failed: {exc}\nserver logs: {logs}") from exc
+    ilp_layer = CropDefaults().ilp_layer  # the gateway's and the engine's default K
     rows = with_speedups(
         [level.summary() for level in result["levels"]],
         layers=text_layers(Path(model)),
-        ilp_layer=CropDefaults().ilp_layer,
+        ilp_layer=ilp_layer,
     )
     machine = (
         f"{os.cpu_count()} CPU cores, {platform_name()}, 1-min load average "
@@ -587,7 +575,7 @@ def main(argv: list[str] | None = None) -> int:
         f"{Path(model).name} (random weights), {args.image_size}x{args.image_size} images, "
         f"quarter region, outside stride 4, {args.max_tokens} output tokens, localizer "
         f"{args.localizer_yaml} at {args.localizer_imgsz} px on CPU; ILP at layer "
-        f"{CropDefaults().ilp_layer}; {downscale}; {machine}"
+        f"{ilp_layer}; {downscale}; {machine}"
     )
     table = print_table(rows, result["unavailable"], header)
     (args.out / "table.txt").write_text(table + "\n")

@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import base64
 import csv
-import io
 import itertools
 import json
 import logging
@@ -36,7 +35,8 @@ import numpy as np
 from locust import HttpUser, between, events, task
 from locust.env import Environment
 from locust.runners import WorkerRunner
-from PIL import Image
+
+from crop_vllm.testing.photos import photo_jpeg
 
 logger = logging.getLogger("crop.locust")
 
@@ -85,15 +85,9 @@ def parse_sizes(text: str) -> list[tuple[int, int]]:
 
 @cache
 def image_data_url(width: int, height: int, variant: int) -> str:
-    """A photo-like JPEG (flat colour patches, mild noise) as a data: URL, built once each."""
-    rng = np.random.default_rng(variant * 7919 + width * 31 + height)
-    rows, cols = rng.integers(3, 10, size=2)
-    patches = Image.fromarray(rng.integers(0, 256, (rows, cols, 3), dtype=np.uint8))
-    pixels = np.asarray(patches.resize((width, height), Image.Resampling.NEAREST), np.int16)
-    noisy = np.clip(pixels + rng.integers(-12, 13, pixels.shape), 0, 255).astype(np.uint8)
-    buffer = io.BytesIO()
-    Image.fromarray(noisy).save(buffer, format="JPEG", quality=85)
-    return "data:image/jpeg;base64," + base64.b64encode(buffer.getvalue()).decode()
+    """A photo-like JPEG as a data: URL, built once each."""
+    jpeg = photo_jpeg(variant * 7919 + width * 31 + height, width, height, quality=85)
+    return "data:image/jpeg;base64," + base64.b64encode(jpeg).decode()
 
 
 # --------------------------------------------------------------------------------------------
