@@ -79,7 +79,8 @@ def test_a_streamed_request_without_crop_counts_its_full_visual_tokens(gateway, 
         stream=True,
         extra_body={"crop": {"mode": "off"}},
     )
-    assert len([c for c in stream if c.choices and c.choices[0].delta.content]) == 3
+    # vLLM merges a request's streamed deltas while its reader lags: up to one chunk per token.
+    assert 1 <= len([c for c in stream if c.choices and c.choices[0].delta.content]) <= 3
     delta = Delta(before, scrape(gateway))
     assert delta("crop_requests_total", endpoint="chat", mode="off", status="200") == 1
     assert delta("crop_visual_tokens_total", stage="full") == 64
