@@ -5,24 +5,6 @@ server, engine core, workers); registering is idempotent and imports no model co
 the CROP classes lazily when a config names their architecture.
 """
 
-#: Architecture name -> "module:Class" of its CROP subclass.
-CROP_ARCHITECTURES = {
-    "CropLlavaForConditionalGeneration": "crop_vllm.models.llava:CropLlavaForConditionalGeneration",
-    "CropLlavaNextForConditionalGeneration": (
-        "crop_vllm.models.llava_next:CropLlavaNextForConditionalGeneration"
-    ),
-    "CropQwen2_5_VLForConditionalGeneration": (
-        "crop_vllm.models.qwen2_5_vl:CropQwen2_5_VLForConditionalGeneration"
-    ),
-}
-
-#: Stock architecture -> its CROP architecture (what `--hf-overrides` switches to).
-CROP_OF = {
-    "LlavaForConditionalGeneration": "CropLlavaForConditionalGeneration",
-    "LlavaNextForConditionalGeneration": "CropLlavaNextForConditionalGeneration",
-    "Qwen2_5_VLForConditionalGeneration": "CropQwen2_5_VLForConditionalGeneration",
-}
-
 
 def register() -> None:
     """Register the CROP architectures with vLLM's model registry and their startup check.
@@ -32,10 +14,11 @@ def register() -> None:
     """
     from vllm import ModelRegistry
 
+    from crop_vllm.families import FAMILIES
     from crop_vllm.ilp import startup
 
     supported = set(ModelRegistry.get_supported_archs())
-    for name, target in CROP_ARCHITECTURES.items():
-        if name not in supported:
-            ModelRegistry.register_model(name, target)
-    startup.register(list(CROP_ARCHITECTURES))
+    for family in FAMILIES:
+        if family.crop_architecture not in supported:
+            ModelRegistry.register_model(family.crop_architecture, family.crop_class)
+    startup.register([family.crop_architecture for family in FAMILIES])

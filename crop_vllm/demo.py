@@ -17,7 +17,7 @@ import os
 import sys
 from pathlib import Path
 
-from crop_vllm import CROP_OF
+from crop_vllm.families import family_of_architecture
 
 DEMO_DIR = Path(os.environ.get("CROP_CACHE_DIR", Path.home() / ".cache" / "crop-serving")) / "demo"
 
@@ -25,10 +25,10 @@ DEMO_DIR = Path(os.environ.get("CROP_CACHE_DIR", Path.home() / ".cache" / "crop-
 def crop_architecture(model_dir: Path) -> str:
     """The CROP architecture for a checkpoint's stock architecture."""
     architectures = json.loads((model_dir / "config.json").read_text()).get("architectures") or []
-    for name in architectures:
-        if name in CROP_OF:
-            return CROP_OF[name]
-    raise SystemExit(f"{model_dir}: no CROP support for architectures {architectures}")
+    try:
+        return family_of_architecture(architectures[0] if architectures else "?").crop_architecture
+    except ValueError as exc:
+        raise SystemExit(f"{model_dir}: {exc}") from None
 
 
 def vllm_serve_prefix(model: Path) -> list[str]:

@@ -9,10 +9,10 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from typing import Any
 
+from crop_vllm.families import family
 from crop_vllm.layout import PLCSettings, Region, build_layout
-
-FAMILIES = ("llava", "llava_next", "qwen2_5_vl")
 
 
 @dataclass(frozen=True)
@@ -91,15 +91,27 @@ def qwen2_5_vl_grids(
 def image_grids(
     config: object, image_processor: Mapping[str, object], image_height: int, image_width: int
 ) -> list[Grid]:
-    """The grids of one image for any supported family (`config.model_type`)."""
-    family = config.model_type  # type: ignore[attr-defined]
-    if family == "llava":
+    """The grids of one image of a given size, for any supported family (`config.model_type`):
+    what the gateway predicts before the engine has processed the image."""
+    model_type = family(config.model_type).model_type  # type: ignore[attr-defined]
+    if model_type == "llava":
         return llava_grids(config)
-    if family == "llava_next":
+    if model_type == "llava_next":
         return llava_next_grids(config, image_height, image_width)
-    if family == "qwen2_5_vl":
-        return qwen2_5_vl_grids(config, image_processor, image_height, image_width)
-    raise ValueError(f"CROP supports {', '.join(FAMILIES)}; got model_type {family!r}")
+    return qwen2_5_vl_grids(config, image_processor, image_height, image_width)
+
+
+def item_grids(config: object, fields: Mapping[str, Any]) -> list[Grid]:
+    """The grids of one processed image item (its multimodal fields as the processor made them):
+    what the processor sizes placeholders with, and what the engine plans ILP drops from."""
+    model_type = family(config.model_type).model_type  # type: ignore[attr-defined]
+    if model_type == "llava":
+        return llava_grids(config)
+    if model_type == "llava_next":
+        height, width = (int(v) for v in fields["image_sizes"].tolist())
+        return llava_next_grids(config, height, width)
+    merge = config.vision_config.spatial_merge_size  # type: ignore[attr-defined]
+    return [qwen_grid_from_thw(fields["image_grid_thw"].tolist(), merge)]
 
 
 def num_image_tokens(grids: Sequence[Grid], region: Region | None, settings: PLCSettings) -> int:

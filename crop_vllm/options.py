@@ -1,8 +1,8 @@
 """CROP options: server-wide settings (from the HF config) and per-request plans (from kwargs).
 
-Server-wide settings travel as flat keys of the model's HF config, so `vllm serve` sets them with
-`--hf-overrides '{"architectures": [...], "crop_outside_stride": 4}'` and every process (API
-server, engine core, workers) reads the same values. Per-request options arrive as
+Server-wide settings (`CropSettings`) travel as flat keys of the model's HF config, so `vllm serve`
+sets them with `--hf-overrides '{"architectures": [...], "crop_outside_stride": 4}'` and every
+process (API server, engine core, workers) reads the same values. Per-request options arrive as
 `mm_processor_kwargs` (`crop_mode`, `crop_regions`); they are validated here, once, into a
 canonical form that the processor hashes per image.
 """
@@ -10,26 +10,15 @@ canonical form that the processor hashes per image.
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 
 from crop_vllm.layout import CropMode, PLCSettings, Region
 
 #: Request keys this plugin reads from `mm_processor_kwargs`.
 REQUEST_KEYS = ("crop_mode", "crop_regions")
 
-#: Server-setting keys read from the HF config, with their defaults.
-SETTING_DEFAULTS: dict[str, object] = {
-    "crop_inside_stride": 1,
-    "crop_outside_stride": 4,
-    "crop_drop_outside": False,
-    "crop_ilp_layer": 2,
-    "crop_enable_ilp": False,
-    "crop_default_mode": "plc",
-}
-
-#: Modes the plugin implements. ILP modes also need the server to opt in (`crop_enable_ilp`),
-#: because inner-LLM pruning constrains the engine (no prefix caching, eager execution).
-SUPPORTED_MODES = frozenset(CropMode)
+#: Prefix of every server setting's HF-config key (`crop_<field name>`).
+SETTING_PREFIX = "crop_"
 
 
 class CropRequestError(ValueError):
@@ -38,47 +27,109 @@ class CropRequestError(ValueError):
 
 @dataclass(frozen=True)
 class CropSettings:
-    """Server-wide CROP settings."""
+    """Server-wide CROP settings: the single source of their names, defaults and meaning.
 
-    plc: PLCSettings = field(default_factory=PLCSettings)
-    ilp_layer: int = 2
-    ilp_enabled: bool = False
-    default_mode: CropMode = CropMode.PLC
+    Each field travels as the flat HF-config key `crop_<name>` (`--hf-overrides`), so every vLLM
+    process reads the same values; the gateway's `--crop-<name>` flags, its engine settings and
+    the deployment files are derived from these fields (`setting_fields`, `to_hf_overrides`).
+    """
+
+    inside_stride: int = field(
+        default=1, metadata={"help": "pooling window side inside the region (1 = full resolution)"}
+    )
+    outside_stride: int = field(
+        default=4, metadata={"help": "pooling window side outside the region"}
+    )
+    drop_outside: bool = field(
+        default=False, metadata={"help": "drop the outside tokens instead of pooling them"}
+    )
+    ilp_layer: int = field(
+        default=2, metadata={"help": "decoder layer K where ILP drops the outside tokens"}
+    )
+    enable_ilp: bool = field(
+        default=False, metadata={"help": "allow the `ilp` and `plc+ilp` modes"}
+    )
+    default_mode: CropMode = field(
+        default=CropMode.PLC,
+        metadata={"help": "mode used when a request gives regions but no mode"},
+    )
+
+    def __post_init__(self) -> None:
+        mode = _parse_mode(self.default_mode, "crop_default_mode")
+        object.__setattr__(self, "default_mode", mode)
+        for spec in setting_fields():
+            value = getattr(self, spec.name)
+            if spec.type == "bool" and not isinstance(value, bool):
+                raise ValueError(f"{spec.key} must be true or false, got {value!r}")
+            if spec.type == "int" and (
+                not isinstance(value, int) or isinstance(value, bool) or value < 0
+            ):
+                raise ValueError(f"{spec.key} must be an integer >= 0, got {value!r}")
+        PLCSettings(self.inside_stride, self.outside_stride, self.drop_outside)  # validates
+        if self.default_mode is CropMode.OFF:
+            raise ValueError("crop_default_mode is the pruning regions get: it cannot be 'off'")
+        if self.default_mode.uses_ilp and not self.enable_ilp:
+            raise ValueError(
+                f"crop_default_mode {self.default_mode.value!r} needs crop_enable_ilp=true"
+            )
+
+    @property
+    def plc(self) -> PLCSettings:
+        return PLCSettings(self.inside_stride, self.outside_stride, self.drop_outside)
 
     @property
     def enabled_modes(self) -> frozenset[CropMode]:
         """The modes requests may ask for on this server."""
-        if self.ilp_enabled:
-            return SUPPORTED_MODES
-        return frozenset(mode for mode in SUPPORTED_MODES if not mode.uses_ilp)
+        return frozenset(mode for mode in CropMode if self.enable_ilp or not mode.uses_ilp)
+
+    def engine_requirements(self) -> dict[str, object]:
+        """The vLLM engine arguments these settings need (the startup check refuses others)."""
+        if not self.enable_ilp:
+            return {}
+        return {"enforce_eager": True, "enable_prefix_caching": False}
 
     @classmethod
     def from_hf_config(cls, hf_config: object) -> CropSettings:
-        def get(key: str) -> object:
-            return getattr(hf_config, key, SETTING_DEFAULTS[key])
-
-        drop_outside = get("crop_drop_outside")
-        ilp_layer = get("crop_ilp_layer")
-        ilp_enabled = get("crop_enable_ilp")
-        if not isinstance(drop_outside, bool):
-            raise ValueError(f"crop_drop_outside must be true or false, got {drop_outside!r}")
-        if not isinstance(ilp_enabled, bool):
-            raise ValueError(f"crop_enable_ilp must be true or false, got {ilp_enabled!r}")
-        if not isinstance(ilp_layer, int) or isinstance(ilp_layer, bool) or ilp_layer < 0:
-            raise ValueError(f"crop_ilp_layer must be an integer >= 0, got {ilp_layer!r}")
-        default_mode = _parse_mode(get("crop_default_mode"), "crop_default_mode")
-        if default_mode.uses_ilp and not ilp_enabled:
-            raise ValueError(f"crop_default_mode {default_mode.value!r} needs crop_enable_ilp=true")
+        """The settings a model's HF config carries (defaults for keys it lacks)."""
         return cls(
-            plc=PLCSettings(
-                inside_stride=get("crop_inside_stride"),  # type: ignore[arg-type]
-                outside_stride=get("crop_outside_stride"),  # type: ignore[arg-type]
-                drop_outside=drop_outside,
-            ),
-            ilp_layer=ilp_layer,
-            ilp_enabled=ilp_enabled,
-            default_mode=default_mode,
+            **{
+                spec.name: getattr(hf_config, spec.key)
+                for spec in setting_fields()
+                if hasattr(hf_config, spec.key)
+            }
         )
+
+    def to_hf_overrides(self) -> dict[str, object]:
+        """The flat HF-config keys that make an engine run with these settings."""
+        return {
+            spec.key: getattr(self, spec.name).value
+            if isinstance(getattr(self, spec.name), CropMode)
+            else getattr(self, spec.name)
+            for spec in setting_fields()
+        }
+
+
+@dataclass(frozen=True)
+class SettingField:
+    """How one `CropSettings` field is spelled outside Python."""
+
+    name: str
+    type: str
+    default: object
+    help: str
+
+    @property
+    def key(self) -> str:
+        """The HF-config key (`--hf-overrides`)."""
+        return SETTING_PREFIX + self.name
+
+
+def setting_fields() -> tuple[SettingField, ...]:
+    """Every server setting, in declaration order."""
+    return tuple(
+        SettingField(f.name, str(f.type), f.default, f.metadata["help"])
+        for f in fields(CropSettings)
+    )
 
 
 @dataclass(frozen=True)

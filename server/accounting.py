@@ -10,7 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from crop_vllm import CROP_ARCHITECTURES, CROP_OF
+from crop_vllm.families import family_of_architecture
 from crop_vllm.geometry import Grid, image_grids, num_image_tokens
 from crop_vllm.ilp.plan import image_keep_mask
 from crop_vllm.layout import CropMode, Region
@@ -40,13 +40,10 @@ class ModelGeometry:
 
         hf_config = AutoConfig.from_pretrained(model)
         architecture = (getattr(hf_config, "architectures", None) or ["?"])[0]
-        if architecture in CROP_ARCHITECTURES:
-            crop_architecture = architecture
-        elif architecture in CROP_OF:
-            crop_architecture = CROP_OF[architecture]
-        else:
-            supported = ", ".join(sorted(CROP_OF))
-            raise ValueError(f"{model}: CROP supports {supported}; this model is {architecture}")
+        try:
+            crop_architecture = family_of_architecture(architecture).crop_architecture
+        except ValueError as exc:
+            raise ValueError(f"{model}: {exc}") from None
         for key, value in crop_overrides.items():
             setattr(hf_config, key, value)
         processor = AutoImageProcessor.from_pretrained(model).to_dict()

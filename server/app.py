@@ -76,10 +76,7 @@ def build_engine(config: GatewayConfig, geometry: ModelGeometry) -> Engine:
         return RemoteEngine(config.remote_urls, retry_interval_s=config.remote_retry_interval_s)
     from server.engines.embedded import EmbeddedEngine
 
-    engine_args = dict(config.engine_args)
-    if config.crop.enable_ilp:  # what inner-LLM pruning requires of the engine
-        engine_args.setdefault("enforce_eager", True)
-        engine_args.setdefault("enable_prefix_caching", False)
+    engine_args = {**geometry.settings.engine_requirements(), **config.engine_args}
     return EmbeddedEngine(
         config.model,
         hf_overrides=geometry.hf_overrides(config.crop.hf_overrides()),

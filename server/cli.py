@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from crop_localizer import LocalizerConfig, LocalizerKind
+from crop_vllm.families import MODEL_TYPES
 from crop_vllm.layout import CropMode
 from server.app import create_app
 from server.config import CropDefaults, GatewayConfig, Limits
@@ -28,7 +29,6 @@ from server.middleware import RequestIdFilter
 
 logger = logging.getLogger("server.cli")
 
-DEMO_ARCHES = ("llava", "llava_next", "qwen2_5_vl")
 #: Engine settings that let the demo checkpoints run on a CPU-only machine (float32, eager).
 DEMO_ENGINE_ARGS = {"dtype": "float32", "enforce_eager": True, "max_model_len": 2048}
 
@@ -72,7 +72,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="checkpoint folder or hub id; omitted: build and serve a tiny RANDOM-weight demo "
         "checkpoint (no download)",
     )
-    model.add_argument("--demo-arch", choices=DEMO_ARCHES, default="llava")
+    model.add_argument("--demo-arch", choices=MODEL_TYPES, default="llava")
     model.add_argument("--served-model-name", help="name clients use (default: --model)")
     model.add_argument("--engine", choices=("embedded", "remote"), default="embedded")
     model.add_argument(

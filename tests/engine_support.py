@@ -8,18 +8,15 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from crop_vllm.families import FAMILIES
 from crop_vllm.layout import Region
 
 os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")
 os.environ.setdefault("VLLM_CPU_OMP_THREADS_BIND", "nobind")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
-STOCK_ARCH = {
-    "llava": "LlavaForConditionalGeneration",
-    "llava_next": "LlavaNextForConditionalGeneration",
-    "qwen2_5_vl": "Qwen2_5_VLForConditionalGeneration",
-}
-CROP_ARCH = {key: "Crop" + name for key, name in STOCK_ARCH.items()}
+STOCK_ARCH = {f.model_type: f.stock_architecture for f in FAMILIES}
+CROP_ARCH = {f.model_type: f.crop_architecture for f in FAMILIES}
 
 _PLACEHOLDER = {
     "llava": "<image>\n",

@@ -4,6 +4,7 @@ import pytest
 from PIL import Image
 from transformers import AutoConfig, AutoImageProcessor, AutoProcessor
 
+from crop_vllm.families import MODEL_TYPES
 from crop_vllm.geometry import image_grids, num_image_tokens
 from crop_vllm.layout import PLCSettings
 
@@ -39,7 +40,7 @@ def test_unpruned_count_equals_the_hf_processors_expansion(arch, shape, tiny_che
 
 
 def test_every_family_has_at_least_an_8x8_grid(tiny_checkpoint):
-    for arch in ("llava", "llava_next", "qwen2_5_vl"):
+    for arch in MODEL_TYPES:
         checkpoint = tiny_checkpoint(arch)
         config = AutoConfig.from_pretrained(checkpoint)
         processor = AutoImageProcessor.from_pretrained(checkpoint).to_dict()

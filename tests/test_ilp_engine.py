@@ -119,7 +119,7 @@ def test_mixed_batch_matches_the_reference(arch, tiny_checkpoint, ilp_engine, im
     requests = [make_request(arch, images, name) for name in names]
     text_only = {"prompt": make_prompt(arch, 0, "Tell me a story about a red car.")}
     outputs = greedy(ilp_engine, [*requests, text_only])
-    reference = ReferenceILP(arch, tiny_checkpoint(arch), CropSettings(ilp_enabled=True))
+    reference = ReferenceILP(arch, tiny_checkpoint(arch), CropSettings(enable_ilp=True))
     for name, output in zip(names, outputs, strict=False):
         check_against_reference(reference, arch, images, name, output)
     assert len(outputs[-1].outputs[0].token_ids) == 16
@@ -151,12 +151,12 @@ def test_layer_beyond_the_last_leaves_the_model_stock():
     """With K past the last decoder layer there is nothing to prune: no hooks, no runner work."""
     from torch import nn
 
-    from crop_vllm.ilp.model import IlpModel
+    from crop_vllm.ilp.controller import IlpController
 
     layers = nn.ModuleList(nn.Identity() for _ in range(4))
-    settings = CropSettings(ilp_layer=4, ilp_enabled=True)
-    assert IlpModel.maybe_create(layers, settings, lambda _: []) is None
-    assert IlpModel.maybe_create(layers, CropSettings(ilp_layer=1), lambda _: []) is None
+    settings = CropSettings(ilp_layer=4, enable_ilp=True)
+    assert IlpController.maybe_create(layers, settings, None) is None
+    assert IlpController.maybe_create(layers, CropSettings(ilp_layer=1), None) is None
 
 
 @pytest.mark.parametrize(
@@ -218,7 +218,7 @@ def test_preempted_ilp_requests_recompute_to_the_reference(tiny_checkpoint, crop
     finally:
         shutdown(llm)
     assert preemptions > 0, "the test did not preempt: shrink the KV cache"
-    reference = ReferenceILP(arch, tiny_checkpoint(arch), CropSettings(ilp_enabled=True))
+    reference = ReferenceILP(arch, tiny_checkpoint(arch), CropSettings(enable_ilp=True))
     for index, (output, region) in enumerate(zip(outputs, regions, strict=True)):
         assert len(output.prompt_token_ids) <= 128 < len(output.prompt_token_ids) + 16
         expected = reference.generate_ilp(

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 
+from crop_vllm.families import MODEL_TYPES
 from crop_vllm.geometry import image_grids, num_image_tokens
 from crop_vllm.layout import FULL_IMAGE, PLCSettings, Region
 from tests.engine_support import (
@@ -23,7 +24,7 @@ from tests.reference_plc import ReferencePLC
 
 pytestmark = pytest.mark.engine
 
-ARCHES = ("llava", "llava_next", "qwen2_5_vl")
+ARCHES = MODEL_TYPES
 
 
 def predicted_tokens(arch, checkpoint, image, region: Region | None) -> int:

@@ -75,14 +75,17 @@ def bench_engine(args: argparse.Namespace, **crop_settings: object) -> tuple[Any
     from transformers import AutoConfig
     from vllm import LLM
 
-    from crop_vllm import CROP_OF
+    from crop_vllm.families import family_of_architecture
     from crop_vllm.testing.tiny_models import build_tiny_model
 
     checkpoint = build_tiny_model(args.arch, args.cache / f"{args.arch}-bench", size="bench")
     config = AutoConfig.from_pretrained(checkpoint)
     llm = LLM(
         model=str(checkpoint),
-        hf_overrides={"architectures": [CROP_OF[config.architectures[0]]], **crop_settings},
+        hf_overrides={
+            "architectures": [family_of_architecture(config.architectures[0]).crop_architecture],
+            **crop_settings,
+        },
         dtype="float32",
         enforce_eager=True,
         max_model_len=4096,

@@ -56,7 +56,7 @@ class CropIlpConfig(VerifyAndUpdateConfig):
     @staticmethod
     def verify_and_update_config(vllm_config: VllmConfig) -> None:
         settings = CropSettings.from_hf_config(vllm_config.model_config.hf_config)
-        if not settings.ilp_enabled:
+        if not settings.enable_ilp:
             return
         problems = ilp_problems(vllm_config)
         if problems:

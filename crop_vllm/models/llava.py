@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
-
 from vllm.config import VllmConfig
 from vllm.model_executor.models.interfaces import MultiModalEmbeddings
 from vllm.model_executor.models.llava import (
@@ -14,15 +12,15 @@ from vllm.model_executor.models.llava import (
 )
 from vllm.multimodal import MULTIMODAL_REGISTRY
 
-from crop_vllm.geometry import Grid, llava_grids
-from crop_vllm.ilp.model import IlpModel
-from crop_vllm.models.utils import CropProcessorMixin, apply_plan, pop_plans
+from crop_vllm.geometry import llava_grids
+from crop_vllm.ilp.controller import IlpController
+from crop_vllm.models.pooling import apply_plan
+from crop_vllm.models.processor import CropProcessorMixin, pop_plans
 from crop_vllm.options import CropSettings
 
 
 class CropLlavaMultiModalProcessor(CropProcessorMixin, LlavaMultiModalProcessor):
-    def crop_grids(self, out_item: Mapping[str, object]) -> list[Grid]:
-        return llava_grids(self.info.get_hf_config())
+    pass
 
 
 @MULTIMODAL_REGISTRY.register_processor(
@@ -37,8 +35,8 @@ class CropLlavaForConditionalGeneration(LlavaForConditionalGeneration):
             raise ValueError("CROP for LLaVA needs vision_feature_select_strategy='default'")
         self.crop_settings = CropSettings.from_hf_config(self.config)
         (self.crop_grid,) = llava_grids(self.config)
-        self.crop_ilp = IlpModel.maybe_create(
-            self.language_model.model.layers, self.crop_settings, lambda _: [self.crop_grid]
+        self.crop_ilp = IlpController.maybe_create(
+            self.language_model.model.layers, self.crop_settings, self.config
         )
 
     def embed_multimodal(self, **kwargs: object) -> MultiModalEmbeddings:

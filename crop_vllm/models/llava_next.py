@@ -3,8 +3,6 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
-
 import torch
 from vllm.config import VllmConfig
 from vllm.model_executor.models.interfaces import MultiModalEmbeddings
@@ -17,19 +15,14 @@ from vllm.model_executor.models.llava_next import (
 from vllm.multimodal import MULTIMODAL_REGISTRY
 
 from crop_vllm.geometry import Grid, llava_next_grids
-from crop_vllm.ilp.model import IlpModel
-from crop_vllm.models.utils import CropProcessorMixin, apply_plan, pop_plans
+from crop_vllm.ilp.controller import IlpController
+from crop_vllm.models.pooling import apply_plan
+from crop_vllm.models.processor import CropProcessorMixin, pop_plans
 from crop_vllm.options import CropSettings
 
 
-def _image_size(item: Mapping[str, object]) -> tuple[int, int]:
-    height, width = (int(v) for v in item["image_sizes"].tolist())  # type: ignore[attr-defined]
-    return height, width
-
-
 class CropLlavaNextMultiModalProcessor(CropProcessorMixin, LlavaNextMultiModalProcessor):
-    def crop_grids(self, out_item: Mapping[str, object]) -> list[Grid]:
-        return llava_next_grids(self.info.get_hf_config(), *_image_size(out_item))
+    pass
 
 
 @MULTIMODAL_REGISTRY.register_processor(
@@ -43,10 +36,8 @@ class CropLlavaNextForConditionalGeneration(LlavaNextForConditionalGeneration):
         if self.config.vision_feature_select_strategy != "default":
             raise ValueError("CROP for LLaVA-NeXT needs vision_feature_select_strategy='default'")
         self.crop_settings = CropSettings.from_hf_config(self.config)
-        self.crop_ilp = IlpModel.maybe_create(
-            self.language_model.model.layers,
-            self.crop_settings,
-            lambda data: llava_next_grids(self.config, *_image_size(data)),
+        self.crop_ilp = IlpController.maybe_create(
+            self.language_model.model.layers, self.crop_settings, self.config
         )
 
     def embed_multimodal(self, **kwargs: object) -> MultiModalEmbeddings:

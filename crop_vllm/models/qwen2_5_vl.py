@@ -6,8 +6,6 @@ from the end of the full grid, exactly as without pruning, so pruning moves no t
 
 from __future__ import annotations
 
-from collections.abc import Mapping
-
 import numpy as np
 import torch
 from vllm.config import VllmConfig
@@ -22,23 +20,20 @@ from vllm.multimodal import MULTIMODAL_REGISTRY
 from vllm.multimodal.inputs import MultiModalFeatureSpec
 
 from crop_vllm.geometry import Grid, qwen_grid_from_thw
-from crop_vllm.ilp.model import IlpModel
-from crop_vllm.models.utils import (
+from crop_vllm.ilp.controller import IlpController
+from crop_vllm.models.pooling import apply_plan, grid_layouts
+from crop_vllm.models.processor import (
     MODE_FIELD,
     REGION_FIELD,
     CropProcessorMixin,
-    apply_plan,
     decode_plan_field,
-    grid_layouts,
     pop_plans,
 )
 from crop_vllm.options import CropSettings
 
 
 class CropQwen2_5_VLMultiModalProcessor(CropProcessorMixin, Qwen2_5_VLMultiModalProcessor):
-    def crop_grids(self, out_item: Mapping[str, object]) -> list[Grid]:
-        merge = self.info.get_hf_config().vision_config.spatial_merge_size
-        return [qwen_grid_from_thw(out_item["image_grid_thw"].tolist(), merge)]  # type: ignore[attr-defined]
+    pass
 
 
 @MULTIMODAL_REGISTRY.register_processor(
@@ -51,10 +46,8 @@ class CropQwen2_5_VLForConditionalGeneration(Qwen2_5_VLForConditionalGeneration)
         super().__init__(vllm_config=vllm_config, prefix=prefix)
         self.crop_settings = CropSettings.from_hf_config(self.config)
         self.crop_merge = self.config.vision_config.spatial_merge_size
-        self.crop_ilp = IlpModel.maybe_create(
-            self.language_model.model.layers,
-            self.crop_settings,
-            lambda data: [qwen_grid_from_thw(data["image_grid_thw"].tolist(), self.crop_merge)],
+        self.crop_ilp = IlpController.maybe_create(
+            self.language_model.model.layers, self.crop_settings, self.config
         )
 
     def embed_multimodal(self, **kwargs: object) -> MultiModalEmbeddings:

@@ -55,7 +55,9 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-ARCHES = ("llava", "llava_next", "qwen2_5_vl")
+from crop_vllm.families import MODEL_TYPES
+
+ARCHES = MODEL_TYPES  # one tiny checkpoint recipe per CROP family
 SIZES = ("tiny", "bench", "bench-1024")
 
 # Part of the spec; the spec hash also covers this file's source, so edits rebuild caches.

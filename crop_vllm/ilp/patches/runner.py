@@ -56,7 +56,7 @@ def _request_drops(runner: GPUModelRunner, ilp: Any) -> list[np.ndarray]:
     drops = []
     for req_id in runner.input_batch.req_ids:
         if req_id not in cache:
-            cache[req_id] = ilp.request_drops(req_id, runner.requests[req_id].mm_features)
+            cache[req_id] = ilp.request_drops(runner.requests[req_id].mm_features)
         drops.append(cache[req_id])
     if len(cache) > 2 * len(runner.requests) + 16:
         for gone in [req_id for req_id in cache if req_id not in runner.requests]:

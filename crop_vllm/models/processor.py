@@ -1,7 +1,7 @@
-"""What every CROP model family shares: the processor mixin and the feature pooling.
+"""The CROP processor: what every family's vLLM multimodal processor gains, once.
 
-A family file only says where its grids are (`crop_grids`) and how its embeddings are laid out;
-validation, hashing, placeholder counts and pooling live here, once.
+Validation, hashing and placeholder counts live here; a family's processor is this mixin in
+front of the stock one (its grids come from `crop_vllm.geometry.item_grids`).
 
 How a request's regions travel:
 1. `apply` validates `crop_mode` / `crop_regions` once and rewrites them canonically.
@@ -12,14 +12,15 @@ How a request's regions travel:
    per-image fields `crop_region` / `crop_mode` (integers, so no dtype cast can move a
    region across a cell boundary between the processor and the worker).
 4. `_get_prompt_updates` sizes each image's placeholders from those fields (`crop_grids`, from
-   `crop_vllm.geometry`), and the model applies the same layout in `embed_multimodal`.
+   `crop_vllm.geometry`), and the model applies the same layout in `embed_multimodal`
+   (`crop_vllm.models.pooling`).
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import replace
-from functools import cached_property, lru_cache
+from functools import cached_property
 
 import torch
 from vllm.multimodal.hasher import MultiModalHasher
@@ -27,8 +28,8 @@ from vllm.multimodal.inputs import MultiModalFieldConfig, MultiModalKwargsItems
 from vllm.multimodal.parse import ImageProcessorItems, MultiModalDataItems
 from vllm.multimodal.processing import PromptUpdate
 
-from crop_vllm.geometry import Grid, num_image_tokens
-from crop_vllm.layout import CropMode, Layout, Region, build_layout
+from crop_vllm.geometry import Grid, item_grids, num_image_tokens
+from crop_vllm.layout import CropMode, Region
 from crop_vllm.options import (
     CropSettings,
     ImagePlan,
@@ -42,12 +43,6 @@ REGION_FIELD = "crop_region"
 MODE_FIELD = "crop_mode"
 _FIXED_POINT = 1_000_000  # regions cross processes as integer millionths
 _MODES = list(CropMode)
-
-
-def grid_layouts(grids: Sequence[Grid], plan: ImagePlan | None, settings: CropSettings):
-    """The PLC layout of each grid (an identity layout where PLC does not apply)."""
-    region = plan.plc_region if plan is not None else None
-    return [build_layout(g.rows, g.cols, region, settings.plc) for g in grids]
 
 
 def encode_plan_fields(plans: Sequence[ImagePlan | None]) -> dict[str, torch.Tensor]:
@@ -88,8 +83,8 @@ class CropProcessorMixin:
     info: object  # provided by BaseMultiModalProcessor
 
     def crop_grids(self, out_item: Mapping[str, object]) -> list[Grid]:
-        """The visual grids of one processed image item (family-specific)."""
-        raise NotImplementedError
+        """The visual grids of one processed image item."""
+        return item_grids(self.info.get_hf_config(), out_item)  # type: ignore[attr-defined]
 
     @cached_property
     def crop_settings(self) -> CropSettings:
@@ -187,62 +182,3 @@ class CropProcessorMixin:
             )
 
         return replace(update, replacement=replacement)
-
-
-@lru_cache(maxsize=1024)
-def _pooling_indices(layout: Layout) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """(cell indices, token index of each, 1 / cells per token) for index_add pooling."""
-    cells, owners, weights = [], [], []
-    for token_index, token in enumerate(layout.tokens):
-        cells.extend(token.cells)
-        owners.extend([token_index] * len(token.cells))
-        weights.append(1.0 / len(token.cells))
-    return (
-        torch.tensor(cells, dtype=torch.long),
-        torch.tensor(owners, dtype=torch.long),
-        torch.tensor(weights, dtype=torch.float32),
-    )
-
-
-def pool_features(features: torch.Tensor, layout: Layout) -> torch.Tensor:
-    """Apply a layout to one grid's features (rows*cols, D) -> (len(layout), D), in float32."""
-    if features.shape[0] != layout.rows * layout.cols:
-        raise ValueError(
-            f"features have {features.shape[0]} rows, grid is {layout.rows}x{layout.cols}"
-        )
-    if layout.is_identity:
-        return features
-    cells, owners, weights = (t.to(features.device) for t in _pooling_indices(layout))
-    pooled = torch.zeros(
-        len(layout), features.shape[1], dtype=torch.float32, device=features.device
-    )
-    pooled.index_add_(0, owners, features.index_select(0, cells).float())
-    return (pooled * weights[:, None]).to(features.dtype)
-
-
-def insert_row_separators(
-    tokens: torch.Tensor, layout: Layout, separator: torch.Tensor
-) -> torch.Tensor:
-    """Append `separator` after the last kept token of each row (LLaVA-NeXT newlines)."""
-    ends = layout.row_ends()
-    pieces, start = [], 0
-    for end in ends:
-        pieces += [tokens[start : end + 1], separator[None].to(tokens.dtype)]
-        start = end + 1
-    return torch.cat(pieces) if pieces else tokens[:0]
-
-
-def apply_plan(
-    features: torch.Tensor,
-    grid: Grid,
-    plan: ImagePlan | None,
-    settings: CropSettings,
-    separator: torch.Tensor | None = None,
-) -> torch.Tensor:
-    """PLC for one grid's features (rows*cols, D); separators added when the grid has them."""
-    (layout,) = grid_layouts([grid], plan, settings)
-    pooled = pool_features(features, layout)
-    if not grid.row_separators:
-        return pooled
-    assert separator is not None, "row separators need a separator embedding"
-    return insert_row_separators(pooled, layout, separator)
