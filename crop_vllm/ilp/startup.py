@@ -1,4 +1,4 @@
-"""Refuse, at engine startup, the settings inner-LLM pruning cannot run under.
+"""Refuse, at engine startup, the engine settings CROP cannot run correctly under.
 
 Registered in vLLM's `MODELS_CONFIG_MAP` for the CROP architectures: `VllmConfig.__post_init__`
 calls `verify_and_update_config` while the config is built, in the process that builds it (the
@@ -15,6 +15,24 @@ from crop_vllm.options import CropSettings
 
 if TYPE_CHECKING:
     from vllm.config import VllmConfig
+
+
+def plc_problems(vllm_config: VllmConfig) -> list[str]:
+    """What to change so that PLC (every CROP model) runs correctly (empty: fine)."""
+    problems = []
+    if vllm_config.compilation_config.cudagraph_mm_encoder:
+        problems.append(
+            "encoder CUDA graphs replay the vision encoder without the model's "
+            "embed_multimodal, where PLC pools the image features, while the prompt is already "
+            "sized for the pooled tokens: remove cudagraph_mm_encoder from --compilation-config"
+        )
+    multimodal = vllm_config.model_config.multimodal_config
+    if multimodal is not None and multimodal.is_multimodal_pruning_enabled():
+        problems.append(
+            "video token pruning (--video-pruning-rate) appends position channels to the "
+            "embeddings that CROP pools: remove it on a CROP engine"
+        )
+    return problems
 
 
 def ilp_problems(vllm_config: VllmConfig) -> list[str]:
@@ -50,12 +68,17 @@ def ilp_problems(vllm_config: VllmConfig) -> list[str]:
     return problems
 
 
-class CropIlpConfig(VerifyAndUpdateConfig):
-    """Startup check of the CROP architectures (a no-op unless `crop_enable_ilp` is set)."""
+class CropConfig(VerifyAndUpdateConfig):
+    """Startup check of the CROP architectures."""
 
     @staticmethod
     def verify_and_update_config(vllm_config: VllmConfig) -> None:
         settings = CropSettings.from_hf_config(vllm_config.model_config.hf_config)
+        problems = plc_problems(vllm_config)
+        if problems:
+            raise ValueError(
+                "CROP cannot run correctly with these engine settings:\n- " + "\n- ".join(problems)
+            )
         if not settings.enable_ilp:
             return
         problems = ilp_problems(vllm_config)
@@ -73,4 +96,4 @@ def register(architectures: list[str]) -> None:
     from vllm.model_executor.models.config import MODELS_CONFIG_MAP
 
     for name in architectures:
-        MODELS_CONFIG_MAP.setdefault(name, CropIlpConfig)
+        MODELS_CONFIG_MAP.setdefault(name, CropConfig)
