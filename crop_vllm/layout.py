@@ -206,11 +206,29 @@ def build_layout(
         raise ValueError(f"grid must be non-empty, got {rows}x{cols}")
     if region is None:
         return _identity_layout(rows, cols)
-    box = snap_to_grid(region, rows, cols)
-    inside = [(r, c) for r in range(box.row0, box.row1) for c in range(box.col0, box.col1)]
-    outside = [(r, c) for r in range(rows) for c in range(cols) if not box.contains(r, c)]
-    tokens = _pool_windows(inside, settings.inside_stride, (box.row0, box.col0), cols, True)
+    return build_layout_in_box(rows, cols, snap_to_grid(region, rows, cols), settings)
+
+
+@lru_cache(maxsize=4096)
+def build_layout_in_box(
+    rows: int, cols: int, box: CellBox | None, settings: PLCSettings = PLCSettings()
+) -> Layout:
+    """`build_layout` for a region already snapped to `box`; `box=None`: no cell is inside (a
+    tile of the image that the region misses), so every cell is pooled (or dropped) as outside.
+    """
+    if rows <= 0 or cols <= 0:
+        raise ValueError(f"grid must be non-empty, got {rows}x{cols}")
+    tokens = []
+    if box is not None:
+        inside = [(r, c) for r in range(box.row0, box.row1) for c in range(box.col0, box.col1)]
+        tokens += _pool_windows(inside, settings.inside_stride, (box.row0, box.col0), cols, True)
     if not settings.drop_outside:
+        outside = [
+            (r, c)
+            for r in range(rows)
+            for c in range(cols)
+            if box is None or not box.contains(r, c)
+        ]
         tokens += _pool_windows(outside, settings.outside_stride, (0, 0), cols, False)
     tokens.sort(key=lambda t: (t.row, t.col))
     return Layout(rows, cols, tuple(tokens))
@@ -238,8 +256,15 @@ def region_marked_layout(rows: int, cols: int, region: Region) -> Layout:
     """
     if rows <= 0 or cols <= 0:
         raise ValueError(f"grid must be non-empty, got {rows}x{cols}")
-    box = snap_to_grid(region, rows, cols)
+    return box_marked_layout(rows, cols, snap_to_grid(region, rows, cols))
+
+
+@lru_cache(maxsize=1024)
+def box_marked_layout(rows: int, cols: int, box: CellBox | None) -> Layout:
+    """`region_marked_layout` for a region already snapped to `box` (None: nothing inside)."""
     tokens = tuple(
-        Token(r, c, (r * cols + c,), box.contains(r, c)) for r in range(rows) for c in range(cols)
+        Token(r, c, (r * cols + c,), box is not None and box.contains(r, c))
+        for r in range(rows)
+        for c in range(cols)
     )
     return Layout(rows, cols, tokens)

@@ -23,8 +23,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from crop_vllm.geometry import Grid
-from crop_vllm.layout import Layout, PLCSettings, build_layout, region_marked_layout
+from crop_vllm.geometry import Grid, grid_layout, grid_region_marks
+from crop_vllm.layout import Layout, PLCSettings
 from crop_vllm.options import ImagePlan
 
 
@@ -32,8 +32,8 @@ def ilp_layout(grid: Grid, plan: ImagePlan, settings: PLCSettings) -> Layout:
     """The tokens an image enters the LLM with: its PLC layout, or every cell with plain ILP."""
     assert plan.region is not None
     if plan.mode.uses_plc:
-        return build_layout(grid.rows, grid.cols, plan.region, settings)
-    return region_marked_layout(grid.rows, grid.cols, plan.region)
+        return grid_layout(grid, plan.region, settings)
+    return grid_region_marks(grid, plan.region)
 
 
 def image_keep_mask(
@@ -43,7 +43,7 @@ def image_keep_mask(
     mask: list[bool] = []
     for grid in grids:
         if plan is None or plan.region is None or not plan.mode.uses_ilp:
-            layout = build_layout(grid.rows, grid.cols, plan.plc_region if plan else None, settings)
+            layout = grid_layout(grid, plan.plc_region if plan else None, settings)
             mask += [True] * (len(layout) + (len(layout.row_ends()) if grid.row_separators else 0))
             continue
         layout = ilp_layout(grid, plan, settings)
