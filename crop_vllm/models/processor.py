@@ -12,8 +12,8 @@ How a request's regions travel:
    per-image fields `crop_region` / `crop_mode` (integers, so no dtype cast can move a
    region across a cell boundary between the processor and the worker).
 4. `_get_prompt_updates` sizes each image's placeholders from those fields (`crop_grids`, from
-   `crop_vllm.geometry`), and the model applies the same layout in `embed_multimodal`
-   (`crop_vllm.models.pooling`).
+   `crop_vllm.geometry`), keeping any tokens around the embeddings (`with_embed_count`), and
+   the model applies the same layout in `embed_multimodal` (`crop_vllm.models.pooling`).
 """
 
 from __future__ import annotations
@@ -26,7 +26,8 @@ import torch
 from vllm.multimodal.hasher import MultiModalHasher
 from vllm.multimodal.inputs import MultiModalFieldConfig, MultiModalKwargsItems
 from vllm.multimodal.parse import ImageProcessorItems, MultiModalDataItems
-from vllm.multimodal.processing import PromptUpdate
+from vllm.multimodal.processing import PromptUpdate, PromptUpdateDetails
+from vllm.multimodal.processing.processor import PromptUpdateInfo
 
 from crop_vllm.geometry import Grid, item_grids, num_image_tokens
 from crop_vllm.layout import CropMode, Region
@@ -67,6 +68,27 @@ def decode_plan_field(region: torch.Tensor, mode: torch.Tensor) -> ImagePlan | N
     if values[0] < 0 or crop_mode is CropMode.OFF:
         return None
     return ImagePlan(crop_mode, Region(*(v / _FIXED_POINT for v in values)))
+
+
+def with_embed_count(content: PromptUpdateInfo, count: int) -> PromptUpdateInfo:
+    """An image's stock placeholder with `count` embedding tokens instead of its own.
+
+    A plain token list is all embeddings (LLaVA, Qwen); `PromptUpdateDetails` may wrap them in
+    tokens that are not (InternVL's `<img>` ... `</img>`): the run of embedding tokens is
+    resized and the wrapping kept.
+    """
+    if not isinstance(content, PromptUpdateDetails):
+        return content[:1] * count
+    full = list(content.full)
+    embeds = [True] * len(full) if content.is_embed is None else content.is_embed(full).tolist()
+    first = embeds.index(True)
+    last = len(embeds) - 1 - embeds[::-1].index(True)
+    if not all(embeds[first : last + 1]) or len(set(full[first : last + 1])) != 1:
+        raise NotImplementedError(
+            "CROP resizes one run of identical embedding tokens per image; this placeholder "
+            "has another shape"
+        )
+    return replace(content, full=full[:first] + full[first : first + 1] * count + full[last + 1 :])
 
 
 def pop_plans(kwargs: dict[str, object]) -> list[ImagePlan | None] | None:
@@ -177,8 +199,7 @@ class CropProcessorMixin:
             if plan is None or plan.plc_region is None:
                 return tokens
             data = {key: elem.data for key, elem in item.items()}
-            return tokens[:1] * num_image_tokens(
-                self.crop_grids(data), plan.plc_region, settings.plc
-            )
+            count = num_image_tokens(self.crop_grids(data), plan.plc_region, settings.plc)
+            return with_embed_count(tokens, count)
 
         return replace(update, replacement=replacement)
