@@ -23,6 +23,8 @@ class Family:
     stock_architecture: str
     #: "module:Class" of the CROP subclass.
     crop_class: str
+    #: Its checkpoints bring their config class as remote code (serve with --trust-remote-code).
+    remote_code: bool = False
 
     @property
     def crop_architecture(self) -> str:
@@ -47,6 +49,25 @@ FAMILIES: tuple[Family, ...] = (
         "Qwen2.5-VL",
         "Qwen2_5_VLForConditionalGeneration",
         "crop_vllm.models.qwen2_5_vl:CropQwen2_5_VLForConditionalGeneration",
+    ),
+    Family(
+        "qwen3_vl",
+        "Qwen3-VL",
+        "Qwen3VLForConditionalGeneration",
+        "crop_vllm.models.qwen3_vl:CropQwen3VLForConditionalGeneration",
+    ),
+    Family(
+        "qwen3_vl_moe",
+        "Qwen3-VL-MoE",
+        "Qwen3VLMoeForConditionalGeneration",
+        "crop_vllm.models.qwen3_vl:CropQwen3VLMoeForConditionalGeneration",
+    ),
+    Family(
+        "internvl_chat",
+        "InternVL3 / 3.5",
+        "InternVLChatModel",
+        "crop_vllm.models.internvl:CropInternVLChatModel",
+        remote_code=True,
     ),
 )
 

@@ -16,8 +16,10 @@ from safetensors import safe_open
 from crop_vllm.testing.tiny_models import (
     ARCHES,
     MARKER_FILE,
+    QWEN_FAMILIES,
     build_tiny_model,
     chat_messages,
+    load_transformers_model,
     model_spec,
     suppressed_token_ids,
     synthetic_image,
@@ -39,21 +41,42 @@ HUB_PREFIXES = {
         "image_newline",
     ),
     "qwen2_5_vl": ("model.", "lm_head.", "visual."),
+    "qwen3_vl": ("model.language_model.", "model.visual.", "lm_head."),
+    "qwen3_vl_moe": ("model.language_model.", "model.visual.", "lm_head."),
+    # OpenGVLab/InternVL3_5-*: the remote-code InternVLChatModel's names.
+    "internvl_chat": ("vision_model.", "mlp1.", "language_model.model.", "language_model.lm_head."),
 }
-# Visual tokens for one 224x224 image.
-TOKENS_224 = {"llava": 64, "llava_next": 2 * 8 * 2 * 8 + 2 * 8 + 8 * 8, "qwen2_5_vl": 64}
+# Visual tokens for one 224x224 image (Qwen3-VL scales it up to 256x256, its lower bound;
+# InternVL cuts 2x2 tiles and adds a thumbnail).
+TOKENS_224 = {
+    "llava": 64,
+    "llava_next": 2 * 8 * 2 * 8 + 2 * 8 + 8 * 8,
+    "qwen2_5_vl": 64,
+    "qwen3_vl": 64,
+    "qwen3_vl_moe": 64,
+    "internvl_chat": 5 * 64,
+}
 CPU_ATTN_HEAD_SIZES = (32, 64, 80, 96, 112, 128, 160, 192, 224, 256, 512)
 
 
 @functools.cache
 def _loaded(path: str, arch: str):
-    from transformers import AutoProcessor
+    """(processor, model, loading info); InternVL chat: (tokenizer, transformers' own InternVL
+    loaded strictly from the renamed weights, no info)."""
+    from transformers import AutoProcessor, AutoTokenizer
 
     from crop_vllm.testing.tiny_models import _model_class
 
+    if arch == "internvl_chat":
+        return AutoTokenizer.from_pretrained(path), load_transformers_model(arch, path), {}
     processor = AutoProcessor.from_pretrained(path)
     model, info = _model_class(arch).from_pretrained(path, output_loading_info=True)
     return processor, model.eval(), info
+
+
+def tokenizer_of(processor):
+    """A processor's tokenizer (InternVL chat checkpoints: `_loaded` gives the tokenizer)."""
+    return getattr(processor, "tokenizer", processor)
 
 
 @pytest.fixture(params=ARCHES)
@@ -93,20 +116,33 @@ def test_config_fits_vllm_cpu(arch, tiny_checkpoint, loaded):
     assert text.num_hidden_layers == 4
     assert 64 <= text.hidden_size <= 128
     assert 256 <= text.vocab_size <= 1024
-    if arch == "qwen2_5_vl":
+    if arch in QWEN_FAMILIES:
         assert sum(text.rope_parameters["mrope_section"]) == head_dim // 2
         vision = model.config.vision_config
         assert vision.out_hidden_size == text.hidden_size
-        assert vision.depth == 2
+        assert vision.depth == (2 if arch == "qwen2_5_vl" else 3)
     else:
         assert model.config.vision_config.num_hidden_layers == 2
 
 
+def test_qwen3_vl_has_a_deepstack_level_for_each_of_the_first_three_llm_layers(tiny_checkpoint):
+    for arch in ("qwen3_vl", "qwen3_vl_moe"):
+        config = json.loads((tiny_checkpoint(arch) / "config.json").read_text())
+        assert config["vision_config"]["deepstack_visual_indexes"] == [0, 1, 2]
+        assert config["text_config"]["rope_parameters"]["mrope_interleaved"] is True
+    moe = json.loads((tiny_checkpoint("qwen3_vl_moe") / "config.json").read_text())
+    text = moe["text_config"]
+    assert text["num_local_experts"] > text["num_experts_per_tok"] > 1
+
+
 def test_special_tokens_match_the_config(arch, loaded):
     processor, model, _ = loaded
-    tok = processor.tokenizer
+    tok = tokenizer_of(processor)
     config = model.config
-    if arch == "qwen2_5_vl":
+    if arch == "internvl_chat":
+        assert tok.convert_tokens_to_ids("<IMG_CONTEXT>") == config.image_token_id
+        assert tok.eos_token == "<|im_end|>"
+    elif arch in QWEN_FAMILIES:
         assert tok.convert_tokens_to_ids("<|image_pad|>") == config.image_token_id
         assert tok.convert_tokens_to_ids("<|video_pad|>") == config.video_token_id
         assert tok.convert_tokens_to_ids("<|vision_start|>") == config.vision_start_token_id
@@ -119,7 +155,7 @@ def test_special_tokens_match_the_config(arch, loaded):
 
 
 def test_text_round_trips(loaded):
-    tok = loaded[0].tokenizer
+    tok = tokenizer_of(loaded[0])
     text = "What color is the car on the left? It's 42% blue, naïve café! \u263a"
     ids = tok(text, add_special_tokens=False).input_ids
     assert tok.decode(ids) == text
@@ -137,39 +173,71 @@ def test_chat_template_renders_image_parts(arch, loaded):
             ],
         }
     ]
-    for template_owner in (processor, processor.tokenizer):
+    tokenizer = tokenizer_of(processor)
+    for template_owner in {processor, tokenizer}:
         rendered = template_owner.apply_chat_template(
             messages, add_generation_prompt=True, tokenize=False
         )
-        assert rendered == processor.tokenizer.apply_chat_template(
+        assert rendered == tokenizer.apply_chat_template(
             url_messages, add_generation_prompt=True, tokenize=False
         )
-    if arch == "qwen2_5_vl":
+    if arch == "internvl_chat":
+        assert (
+            rendered
+            == "<|im_start|>user\n<image>\nWhat is shown?<|im_end|>\n<|im_start|>assistant\n"
+        )
+    elif arch in QWEN_FAMILIES:
         assert "<|vision_start|><|image_pad|><|vision_end|>What is shown?<|im_end|>" in rendered
         assert rendered.endswith("<|im_start|>assistant\n")
     else:
         assert rendered == "<s>USER: <image>\nWhat is shown? ASSISTANT:"
 
 
-def test_generates_from_an_image_and_a_question(arch, loaded):
-    processor, model, _ = loaded
+def chat_inputs(arch: str, processor, image) -> dict:
+    """Model inputs for one image and a question, through the chat template. InternVL chat
+    checkpoints have no HF processor: the reference's tiling and the `<img>` wrapping stand in."""
     messages = [
         {
             "role": "user",
             "content": [
-                {"type": "image", "image": synthetic_image(224, 224, seed=0)},
+                {"type": "image", "image": image},
                 {"type": "text", "text": "What is shown in this image?"},
             ],
         }
     ]
-    inputs = processor.apply_chat_template(
-        messages, add_generation_prompt=True, tokenize=True, return_dict=True, return_tensors="pt"
-    )
+    if arch != "internvl_chat":
+        return processor.apply_chat_template(
+            messages,
+            add_generation_prompt=True,
+            tokenize=True,
+            return_dict=True,
+            return_tensors="pt",
+        )
+    from tests.reference_plc import internvl_tiling, to_pixels
+
+    rows, cols = internvl_tiling(image.width, image.height, 112, 6)
+    resized = image.resize((cols * 112, rows * 112))
+    tiles = [
+        resized.crop((c * 112, r * 112, (c + 1) * 112, (r + 1) * 112))
+        for r in range(rows)
+        for c in range(cols)
+    ]
+    tiles += [image.resize((112, 112))] if len(tiles) > 1 else []
+    text = processor.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
+    text = text.replace("<image>", "<img>" + "<IMG_CONTEXT>" * 64 * len(tiles) + "</img>")
+    inputs = processor(text, return_tensors="pt", add_special_tokens=False)
+    return {**inputs, "pixel_values": torch.stack([to_pixels(t) for t in tiles])}
+
+
+def test_generates_from_an_image_and_a_question(arch, loaded):
+    processor, model, _ = loaded
+    tokenizer = tokenizer_of(processor)
+    inputs = chat_inputs(arch, processor, synthetic_image(224, 224, seed=0))
     prompt = inputs["input_ids"][0]
     assert int((prompt == model.config.image_token_id).sum()) == TOKENS_224[arch]
-    if arch != "qwen2_5_vl":  # exactly one BOS, written by the chat template
-        assert prompt[0] == processor.tokenizer.bos_token_id
-        assert int((prompt == processor.tokenizer.bos_token_id).sum()) == 1
+    if arch in ("llava", "llava_next"):  # exactly one BOS, written by the chat template
+        assert prompt[0] == tokenizer.bos_token_id
+        assert int((prompt == tokenizer.bos_token_id).sum()) == 1
     with torch.no_grad():
         out = model.generate(
             **inputs,
@@ -181,21 +249,14 @@ def test_generates_from_an_image_and_a_question(arch, loaded):
     tokens = out.sequences[0, len(prompt) :].tolist()
     assert len(tokens) == 16  # special tokens (EOS included) are never generated
     assert len(set(tokens)) > 1
-    assert not set(tokens) & set(suppressed_token_ids(processor.tokenizer))
+    assert not set(tokens) & set(suppressed_token_ids(tokenizer))
     margins = [float(torch.topk(s[0], 2).values.diff().abs()) for s in out.scores]
     assert sorted(margins)[len(margins) // 2] > 1e-2
-    text = processor.tokenizer.decode(tokens, skip_special_tokens=True)
+    text = tokenizer.decode(tokens, skip_special_tokens=True)
     assert text.isprintable() and "\ufffd" not in text
 
     # The image matters: another image changes the continuation.
-    messages[0]["content"][0]["image"] = synthetic_image(224, 224, seed=7)
-    other = processor.apply_chat_template(
-        messages,
-        add_generation_prompt=True,
-        tokenize=True,
-        return_dict=True,
-        return_tensors="pt",
-    )
+    other = chat_inputs(arch, processor, synthetic_image(224, 224, seed=7))
     with torch.no_grad():
         other_tokens = model.generate(**other, do_sample=False, max_new_tokens=16)
     assert other_tokens[0, -16:].tolist() != tokens

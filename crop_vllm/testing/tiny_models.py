@@ -129,6 +129,49 @@ _QWEN_VISION_BENCH = {
     "num_heads": 4,
     "fullatt_block_indexes": [1, 3],
 }
+# Qwen3-VL: patch 16 (merge 2: 32 px per LLM token) and three deepstack levels, as the released
+# models (which tap blocks [5, 11, 17] of 24, or [8, 16, 24] of 27); here every block is tapped,
+# so the deepstack features enter after LLM layers 0, 1 and 2 of 4 (12 in `bench`).
+_QWEN3_VISION_TINY = {
+    "depth": 3,
+    "hidden_size": 64,
+    "intermediate_size": 128,
+    "num_heads": 2,
+    "num_position_embeddings": 256,
+    "deepstack_visual_indexes": [0, 1, 2],
+}
+_QWEN3_VISION_BENCH = {
+    "depth": 4,
+    "hidden_size": 256,
+    "intermediate_size": 512,
+    "num_heads": 4,
+    "num_position_embeddings": 1024,
+    "deepstack_visual_indexes": [1, 2, 3],
+}
+#: The MoE variant replaces each LLM layer's MLP by routed experts of this size (never equal to
+#: the hidden size, nor twice it: transformers tells the hub's expert layout from its own by shape).
+_QWEN3_MOE_TINY = {"num_experts": 4, "num_experts_per_tok": 2, "moe_intermediate_size": 96}
+_QWEN3_MOE_BENCH = {"num_experts": 8, "num_experts_per_tok": 2, "moe_intermediate_size": 640}
+# InternVL (InternViT + pixel shuffle 0.5 + MLP projector): tiles of 112 px with patch 7 give
+# 16x16 patches, 8x8 LLM tokens per tile, as the released 448 px / patch 14 tiles give 16x16.
+_INTERN_VISION_TINY = {
+    "hidden_size": 64,
+    "intermediate_size": 128,
+    "num_hidden_layers": 2,
+    "num_attention_heads": 2,
+    "image_size": 112,
+    "patch_size": 7,
+}
+_INTERN_VISION_BENCH = {
+    "hidden_size": 256,
+    "intermediate_size": 1024,
+    "num_hidden_layers": 4,
+    "num_attention_heads": 4,
+    "image_size": 224,
+    "patch_size": 7,
+}
+QWEN_FAMILIES = ("qwen2_5_vl", "qwen3_vl", "qwen3_vl_moe")
+QWEN3_FAMILIES = ("qwen3_vl", "qwen3_vl_moe")
 
 
 def model_spec(arch: str, size: str = "tiny") -> dict[str, Any]:
@@ -162,6 +205,28 @@ def model_spec(arch: str, size: str = "tiny") -> dict[str, Any]:
                 [2 * tile, tile],
                 [2 * tile, 2 * tile],
             ]
+    elif arch in QWEN3_FAMILIES:
+        vision = dict(_QWEN3_VISION_TINY if tiny else _QWEN3_VISION_BENCH)
+        vision.update(patch_size=16, spatial_merge_size=2, temporal_patch_size=2)
+        spec["vision"] = vision
+        head_dim = llm["hidden_size"] // llm["num_attention_heads"]
+        half = head_dim // 2
+        # Same proportions as Qwen3-VL's interleaved [24, 20, 20] for head_dim 128.
+        spec["mrope_section"] = [3 * half // 8, 5 * half // 16, 5 * half // 16]
+        if arch == "qwen3_vl_moe":
+            # norm_topk_prob as in the released configs: vLLM reads it, transformers' Qwen3-VL
+            # MoE router always normalizes the top-k weights.
+            spec["moe"] = dict(_QWEN3_MOE_TINY if tiny else _QWEN3_MOE_BENCH, norm_topk_prob=True)
+        # Qwen3-VL's own lower bound (256x256 pixels: smaller images are scaled up). tiny:
+        # 224x224 -> 256x256 (8x8 tokens), at most 512x512 -> 16x16; bench: 448x448 -> 14x14,
+        # at most 1024x1024 -> 32x32.
+        spec["min_pixels"] = 256 * 256
+        spec["max_pixels"] = (512 * 512) if tiny else (1024 * 1024)
+    elif arch == "internvl_chat":
+        spec["vision"] = dict(_INTERN_VISION_TINY if tiny else _INTERN_VISION_BENCH)
+        # 1 to 6 tiles plus a thumbnail (the released models allow 12): tiny 224x160 -> 3x2
+        # tiles (16x24 cells) + an 8x8 thumbnail, 224x224 -> 2x2 + thumbnail.
+        spec["max_dynamic_patch"] = 6
     else:
         vision = dict(_QWEN_VISION_TINY if tiny else _QWEN_VISION_BENCH)
         vision.update(
@@ -327,6 +392,48 @@ _QWEN_CHAT_TEMPLATE = (
     "{% elif 'text' in content %}{{ content['text'] }}{% endif %}{% endfor %}<|im_end|>\n"
     "{% endif %}{% endfor %}{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
 )
+_INTERNVL_SPECIALS = (
+    "<|endoftext|>",
+    "<|im_start|>",
+    "<|im_end|>",
+    "<img>",
+    "</img>",
+    "<IMG_CONTEXT>",
+)
+
+
+def _chatml_template(image: str) -> str:
+    """ChatML without a default system turn (Qwen3-VL's and InternVL's hub templates), each
+    image part rendered as `image`."""
+    return (
+        "{% for message in messages %}<|im_start|>{{ message['role'] }}\n"
+        "{% if message['content'] is string %}{{ message['content'] }}"
+        "{% else %}{% for content in message['content'] %}"
+        "{% if content['type'] == 'image' or 'image' in content or 'image_url' in content %}"
+        + image
+        + "{% elif 'text' in content %}{{ content['text'] }}{% endif %}{% endfor %}{% endif %}"
+        "<|im_end|>\n{% endfor %}{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
+    )
+
+
+#: The prompt text that stands for one image, per family (what chat templates render).
+IMAGE_PLACEHOLDERS = {
+    "llava": "<image>\n",
+    "llava_next": "<image>\n",
+    "qwen2_5_vl": "<|vision_start|><|image_pad|><|vision_end|>",
+    "qwen3_vl": "<|vision_start|><|image_pad|><|vision_end|>",
+    "qwen3_vl_moe": "<|vision_start|><|image_pad|><|vision_end|>",
+    "internvl_chat": "<image>\n",
+}
+
+
+def chat_prompt(arch: str, num_images: int, question: str) -> str:
+    """One user turn with `num_images` images and a question, as the family's chat template
+    renders it (the prompt text `LLM.generate` takes)."""
+    images = IMAGE_PLACEHOLDERS[arch] * num_images
+    if arch in ("llava", "llava_next"):
+        return f"USER: {images}{question} ASSISTANT:"
+    return f"<|im_start|>user\n{images}{question}<|im_end|>\n<|im_start|>assistant\n"
 
 
 def _train_bpe(specials: tuple[str, ...], vocab_size: int):
@@ -350,7 +457,7 @@ def _train_bpe(specials: tuple[str, ...], vocab_size: int):
 
 
 def build_tokenizer(family: str):
-    """A PreTrainedTokenizerFast for 'llava' (also llava_next) or 'qwen2_5_vl'."""
+    """A PreTrainedTokenizerFast for one of `ARCHES` (llava and llava_next share one)."""
     from transformers import PreTrainedTokenizerFast
 
     if family in ("llava", "llava_next"):
@@ -367,13 +474,18 @@ def build_tokenizer(family: str):
             clean_up_tokenization_spaces=False,
             padding_side="left",
         )
-    if family == "qwen2_5_vl":
-        tok = _train_bpe(_QWEN_SPECIALS, _VOCAB_SIZE)
+    if family in QWEN_FAMILIES or family == "internvl_chat":
+        specials = _INTERNVL_SPECIALS if family == "internvl_chat" else _QWEN_SPECIALS
+        template = (
+            _QWEN_CHAT_TEMPLATE
+            if family == "qwen2_5_vl"
+            else _chatml_template(IMAGE_PLACEHOLDERS[family])
+        )
         return PreTrainedTokenizerFast(
-            tokenizer_object=tok,
+            tokenizer_object=_train_bpe(specials, _VOCAB_SIZE),
             eos_token="<|im_end|>",
             pad_token="<|endoftext|>",
-            chat_template=_QWEN_CHAT_TEMPLATE,
+            chat_template=template,
             model_max_length=32768,
             clean_up_tokenization_spaces=False,
             padding_side="left",
@@ -440,6 +552,11 @@ def _build_config(spec: dict[str, Any], tokenizer):
         ]
         return config
 
+    if arch in QWEN3_FAMILIES:
+        return _qwen3_vl_config(spec, tokenizer)
+    if arch == "internvl_chat":
+        return internvl_native_config(_internvl_chat_config(spec, tokenizer), tokenizer)
+
     from transformers import Qwen2_5_VLConfig
 
     ids = {t: tokenizer.convert_tokens_to_ids(t) for t in _QWEN_SPECIALS}
@@ -482,6 +599,268 @@ def _build_config(spec: dict[str, Any], tokenizer):
     return config
 
 
+def _qwen3_vl_config(spec: dict[str, Any], tokenizer):
+    import torch
+    from transformers import Qwen3VLConfig, Qwen3VLMoeConfig
+
+    ids = {t: tokenizer.convert_tokens_to_ids(t) for t in _QWEN_SPECIALS}
+    text = spec["text"]
+    text_config = dict(
+        vocab_size=len(tokenizer),
+        **text,
+        **spec.get("moe", {}),
+        head_dim=text["hidden_size"] // text["num_attention_heads"],
+        max_position_embeddings=4096,
+        rms_norm_eps=1e-6,
+        rope_parameters={
+            "rope_type": "default",
+            "rope_theta": 5000000.0,
+            "mrope_section": spec["mrope_section"],
+            "mrope_interleaved": True,
+        },
+        bos_token_id=ids["<|endoftext|>"],
+        eos_token_id=ids["<|im_end|>"],
+        pad_token_id=ids["<|endoftext|>"],
+        tie_word_embeddings=False,
+        dtype="float32",
+    )
+    vision_config = dict(
+        **spec["vision"],
+        in_channels=3,
+        hidden_act="gelu_pytorch_tanh",
+        out_hidden_size=text["hidden_size"],
+    )
+    moe = spec["arch"] == "qwen3_vl_moe"
+    config = (Qwen3VLMoeConfig if moe else Qwen3VLConfig)(
+        vision_config=vision_config,
+        text_config=text_config,
+        image_token_id=ids["<|image_pad|>"],
+        video_token_id=ids["<|video_pad|>"],
+        vision_start_token_id=ids["<|vision_start|>"],
+        vision_end_token_id=ids["<|vision_end|>"],
+        tie_word_embeddings=False,
+        dtype=torch.float32,
+    )
+    config.architectures = [
+        "Qwen3VLMoeForConditionalGeneration" if moe else "Qwen3VLForConditionalGeneration"
+    ]
+    return config
+
+
+# --------------------------------------------------------------------------------------------
+# InternVL chat checkpoints
+# --------------------------------------------------------------------------------------------
+# The released InternVL3 / 3.5 checkpoints (`model_type: internvl_chat`, served by vLLM's
+# `InternVLChatModel`) bring their config and model classes as remote code. The tiny checkpoint
+# has the same config.json fields and weight names, with a config module of our own; its weights
+# are drawn through transformers' native InternVL model (the same architecture: InternViT, pixel
+# shuffle, MLP projector, LLM), whose parameters map one to one onto the chat layout (the
+# vision attention's q, k and v are fused into one `qkv` there).
+
+INTERNVL_CONFIG_MODULE = "configuration_internvl_chat"
+_INTERNVL_CONFIG_SOURCE = '''"""The config class of InternVL chat checkpoints (internvl_chat).
+
+Written by crop_vllm.testing.tiny_models into its tiny checkpoints: released checkpoints ship a
+remote-code config class under this name; this one reads the same config.json fields.
+"""
+
+from transformers import AutoConfig, PretrainedConfig
+
+
+class InternVisionConfig(PretrainedConfig):
+    model_type = "intern_vit_6b"
+
+
+class InternVLChatConfig(PretrainedConfig):
+    model_type = "internvl_chat"
+
+    def __init__(self, vision_config=None, llm_config=None, **kwargs):
+        super().__init__(**kwargs)
+        if not isinstance(vision_config, PretrainedConfig):
+            vision_config = InternVisionConfig(**(vision_config or {}))
+        if not isinstance(llm_config, PretrainedConfig):
+            llm = dict(llm_config or {"model_type": "qwen3"})
+            llm_config = AutoConfig.for_model(llm.pop("model_type"), **llm)
+        self.vision_config = vision_config
+        self.llm_config = llm_config
+'''
+
+
+def _internvl_chat_config(spec: dict[str, Any], tokenizer) -> dict[str, Any]:
+    """config.json of the InternVL chat checkpoint (InternVL3.5 layout: a Qwen3 LLM)."""
+    from transformers import Qwen3Config
+
+    ids = {t: tokenizer.convert_tokens_to_ids(t) for t in _INTERNVL_SPECIALS}
+    text = spec["text"]
+    llm = Qwen3Config(
+        vocab_size=len(tokenizer),
+        **text,
+        head_dim=text["hidden_size"] // text["num_attention_heads"],
+        max_position_embeddings=4096,
+        rms_norm_eps=1e-6,
+        rope_parameters={"rope_type": "default", "rope_theta": 1000000.0},
+        bos_token_id=ids["<|endoftext|>"],
+        eos_token_id=ids["<|im_end|>"],
+        pad_token_id=ids["<|endoftext|>"],
+        tie_word_embeddings=False,
+        dtype="float32",
+    )
+    llm.architectures = ["Qwen3ForCausalLM"]
+    vision = spec["vision"]
+    return {
+        "architectures": ["InternVLChatModel"],
+        "auto_map": {"AutoConfig": f"{INTERNVL_CONFIG_MODULE}.InternVLChatConfig"},
+        "model_type": "internvl_chat",
+        "vision_config": {
+            **vision,
+            "architectures": ["InternVisionModel"],
+            "model_type": "intern_vit_6b",
+            "num_channels": 3,
+            "qkv_bias": True,
+            "qk_normalization": False,
+            "norm_type": "layer_norm",
+            "layer_norm_eps": 1e-6,
+            "hidden_act": "gelu",
+            "initializer_factor": 0.1,
+            "use_flash_attn": False,
+            "dtype": "float32",
+        },
+        "llm_config": llm.to_dict(),
+        "select_layer": -1,
+        "force_image_size": vision["image_size"],
+        "downsample_ratio": 0.5,
+        "ps_version": "v2",
+        "template": "internvl2_5",
+        "dynamic_image_size": True,
+        "use_thumbnail": True,
+        "min_dynamic_patch": 1,
+        "max_dynamic_patch": spec["max_dynamic_patch"],
+        "tie_word_embeddings": False,
+        "dtype": "float32",
+    }
+
+
+def internvl_native_config(chat_config: dict[str, Any], tokenizer):
+    """transformers' own `InternVLConfig` for an InternVL chat config.json (the same model)."""
+    import torch
+    from transformers import InternVLConfig, InternVLVisionConfig
+
+    vision = chat_config["vision_config"]
+    side, patch = vision["image_size"], vision["patch_size"]
+    ratio = chat_config["downsample_ratio"]
+    return InternVLConfig(
+        vision_config=InternVLVisionConfig(
+            hidden_size=vision["hidden_size"],
+            intermediate_size=vision["intermediate_size"],
+            num_hidden_layers=vision["num_hidden_layers"],
+            num_attention_heads=vision["num_attention_heads"],
+            image_size=(side, side),
+            patch_size=(patch, patch),
+            attention_bias=vision["qkv_bias"],
+            use_qk_norm=vision["qk_normalization"],
+            norm_type=vision["norm_type"],
+            layer_norm_eps=vision["layer_norm_eps"],
+            hidden_act=vision["hidden_act"],
+            layer_scale_init_value=vision["initializer_factor"],
+            use_mean_pooling=True,  # no final norm, as InternViT
+        ),
+        text_config=chat_config["llm_config"],
+        image_token_id=tokenizer.convert_tokens_to_ids("<IMG_CONTEXT>"),
+        image_seq_length=int((side // patch) ** 2 * ratio**2),
+        downsample_ratio=ratio,
+        projector_hidden_act="gelu",
+        vision_feature_layer=chat_config["select_layer"],
+        vision_feature_select_strategy="default",
+        tie_word_embeddings=False,
+        dtype=torch.float32,
+    )
+
+
+_INTERNVL_RENAMES = (
+    (r"^model\.vision_tower\.embeddings\.cls_token$", "vision_model.embeddings.class_embedding"),
+    (
+        r"^model\.vision_tower\.embeddings\.patch_embeddings\.projection\.",
+        "vision_model.embeddings.patch_embedding.",
+    ),
+    (
+        r"^model\.vision_tower\.embeddings\.position_embeddings$",
+        "vision_model.embeddings.position_embedding",
+    ),
+    (r"^model\.vision_tower\.encoder\.layer\.", "vision_model.encoder.layers."),
+    (r"\.attention\.[qkv]_proj\.", ".attn.qkv."),
+    (r"\.attention\.projection_layer\.", ".attn.proj."),
+    (r"\.layernorm_before\.", ".norm1."),
+    (r"\.layernorm_after\.", ".norm2."),
+    (r"\.lambda_1$", ".ls1"),
+    (r"\.lambda_2$", ".ls2"),
+    (r"^model\.multi_modal_projector\.layer_norm\.", "mlp1.0."),
+    (r"^model\.multi_modal_projector\.linear_1\.", "mlp1.1."),
+    (r"^model\.multi_modal_projector\.linear_2\.", "mlp1.3."),
+    (r"^model\.language_model\.", "language_model.model."),
+    (r"^lm_head\.", "language_model.lm_head."),
+)
+
+
+def internvl_chat_key(native_key: str) -> str:
+    """The InternVL chat checkpoint's name of a transformers InternVL parameter."""
+    for pattern, replacement in _INTERNVL_RENAMES:
+        native_key = re.sub(pattern, replacement, native_key)
+    return native_key
+
+
+def _qkv_index(native_key: str) -> int | None:
+    """0, 1, 2 for the vision attention's q, k, v projections (fused in the chat layout)."""
+    match = re.search(r"\.attention\.([qkv])_proj\.", native_key)
+    return None if match is None else "qkv".index(match.group(1))
+
+
+def internvl_to_chat_layout(native: dict[str, Any]) -> dict[str, Any]:
+    """transformers InternVL weights -> InternVL chat checkpoint weights."""
+    import torch
+
+    chat: dict[str, Any] = {}
+    fused: dict[str, list] = {}
+    for key, tensor in native.items():
+        index = _qkv_index(key)
+        if index is None:
+            chat[internvl_chat_key(key)] = tensor
+        else:
+            fused.setdefault(internvl_chat_key(key), [None] * 3)[index] = tensor
+    chat.update({key: torch.cat(parts) for key, parts in fused.items()})
+    return chat
+
+
+def internvl_from_chat_layout(chat: dict[str, Any], native_keys: list[str]) -> dict[str, Any]:
+    """InternVL chat checkpoint weights -> the transformers InternVL parameters `native_keys`."""
+    native = {}
+    for key in native_keys:
+        tensor = chat[internvl_chat_key(key)]
+        index = _qkv_index(key)
+        native[key] = tensor if index is None else tensor.chunk(3)[index]
+    return native
+
+
+def load_transformers_model(arch: str, path: Path):
+    """A tiny checkpoint as a transformers model, float32, eval mode.
+
+    InternVL chat checkpoints need remote code that is not available offline; they load into
+    transformers' native InternVL model (the same architecture) with the weights renamed back.
+    """
+    import torch
+
+    if arch != "internvl_chat":
+        return _model_class(arch).from_pretrained(path, dtype=torch.float32).eval()
+    from safetensors.torch import load_file
+    from transformers import AutoTokenizer
+
+    chat_config = json.loads((Path(path) / "config.json").read_text())
+    config = internvl_native_config(chat_config, AutoTokenizer.from_pretrained(path))
+    model = _model_class(arch)(config).to(torch.float32)
+    weights = load_file(Path(path) / "model.safetensors")
+    model.load_state_dict(internvl_from_chat_layout(weights, list(model.state_dict())), strict=True)
+    return model.eval()
+
+
 def _build_processor(spec: dict[str, Any], tokenizer):
     arch = spec["arch"]
     if arch in ("llava", "llava_next"):
@@ -511,6 +890,8 @@ def _build_processor(spec: dict[str, Any], tokenizer):
         )
         return LlavaNextProcessor(image_processor=image_processor, **common)
 
+    if arch == "internvl_chat":
+        return None  # vLLM builds InternVL's processor from config.json
     from transformers import Qwen2_5_VLProcessor, Qwen2VLImageProcessor, Qwen2VLVideoProcessor
 
     vision = spec["vision"]
@@ -520,6 +901,15 @@ def _build_processor(spec: dict[str, Any], tokenizer):
         temporal_patch_size=vision["temporal_patch_size"],
         merge_size=vision["spatial_merge_size"],
     )
+    if arch in QWEN3_FAMILIES:
+        from transformers import Qwen3VLProcessor, Qwen3VLVideoProcessor
+
+        return Qwen3VLProcessor(
+            image_processor=Qwen2VLImageProcessor(size=dict(size), **patch),
+            video_processor=Qwen3VLVideoProcessor(size=dict(size), **patch),
+            tokenizer=tokenizer,
+            chat_template=tokenizer.chat_template,
+        )
     return Qwen2_5_VLProcessor(
         image_processor=Qwen2VLImageProcessor(size=dict(size), **patch),
         # cap_pixels_per_frame=True: the qwen-vl-utils behavior (default from transformers 5.22);
@@ -539,6 +929,9 @@ def _model_class(arch: str):
             "llava": "LlavaForConditionalGeneration",
             "llava_next": "LlavaNextForConditionalGeneration",
             "qwen2_5_vl": "Qwen2_5_VLForConditionalGeneration",
+            "qwen3_vl": "Qwen3VLForConditionalGeneration",
+            "qwen3_vl_moe": "Qwen3VLMoeForConditionalGeneration",
+            "internvl_chat": "InternVLForConditionalGeneration",
         }[arch],
     )
 
@@ -559,8 +952,8 @@ def _init_weights(model, spec: dict[str, Any], suppressed_ids: list[int]) -> Non
             if param.ndim == 1:
                 if name.endswith("bias"):
                     param.normal_(0.0, 0.02, generator=gen)
-                elif _is_norm(name):
-                    param.fill_(1.0)
+                elif _is_norm(name) or name.endswith((".lambda_1", ".lambda_2")):
+                    param.fill_(1.0)  # norms and InternViT's layer scale
                 else:  # CLIP class_embedding, LLaVA-NeXT image_newline
                     param.normal_(0.0, 1.0, generator=gen)
             elif name.endswith("lm_head.weight"):
@@ -571,7 +964,8 @@ def _init_weights(model, spec: dict[str, Any], suppressed_ids: list[int]) -> Non
             elif "position_embedding" in name:
                 param.normal_(0.0, 0.5, generator=gen)
             else:  # linear / conv kernels: unit-variance outputs for unit-variance inputs
-                fan_in = math.prod(param.shape[1:])
+                # MoE experts are stacked (experts, out, in) kernels.
+                fan_in = param.shape[-1] if ".experts." in name else math.prod(param.shape[1:])
                 param.normal_(0.0, 1.0 / math.sqrt(fan_in), generator=gen)
 
 
@@ -602,26 +996,45 @@ def _write_checkpoint(spec: dict[str, Any], out_dir: Path) -> None:
     _init_weights(model, spec, suppressed_token_ids(tokenizer))
     gen_config = model.generation_config
     gen_config.do_sample = False
-    if spec["arch"] == "qwen2_5_vl":
+    if spec["arch"] in QWEN_FAMILIES or spec["arch"] == "internvl_chat":
         gen_config.eos_token_id = [
             tokenizer.convert_tokens_to_ids("<|im_end|>"),
             tokenizer.convert_tokens_to_ids("<|endoftext|>"),
         ]
-    model.save_pretrained(out_dir, max_shard_size="20GB")
-    _to_hub_layout(out_dir, spec["arch"])
-    processor.save_pretrained(out_dir)
+    if spec["arch"] == "internvl_chat":
+        _write_internvl_chat(spec, tokenizer, model, out_dir)
+    else:
+        model.save_pretrained(out_dir, max_shard_size="20GB")
+        _to_hub_layout(out_dir, spec["arch"])
+        processor.save_pretrained(out_dir)
     tokenizer.save_pretrained(out_dir)
 
 
-def _to_hub_layout(out_dir: Path, arch: str) -> None:
-    """Rename saved weights to the layout of the hub's llava-hf checkpoints, where needed.
+def _write_internvl_chat(spec: dict[str, Any], tokenizer, model, out_dir: Path) -> None:
+    """config.json, its config module, weights in the chat layout and the generation config."""
+    from safetensors.torch import save_file
 
-    transformers 5.x's CLIPVisionModel has no `vision_model.` level (its load-time conversion
-    mapping strips that prefix), and `save_pretrained` of Llava/LlavaNext does not add it back:
-    it writes `vision_tower.embeddings...` instead of the hub's `vision_tower.vision_model...`.
-    vLLM's CLIPVisionModel needs the `vision_model.` level, and transformers loads either form.
+    config = _internvl_chat_config(spec, tokenizer)
+    (out_dir / "config.json").write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
+    (out_dir / f"{INTERNVL_CONFIG_MODULE}.py").write_text(_INTERNVL_CONFIG_SOURCE)
+    weights = {k: v.contiguous() for k, v in internvl_to_chat_layout(model.state_dict()).items()}
+    save_file(weights, out_dir / "model.safetensors", metadata={"format": "pt"})
+    model.generation_config.save_pretrained(out_dir)
+
+
+def _to_hub_layout(out_dir: Path, arch: str) -> None:
+    """Rewrite saved weights in the layout of the hub's checkpoints, where it differs.
+
+    - llava, llava_next: transformers 5.x's CLIPVisionModel has no `vision_model.` level (its
+      load-time conversion mapping strips that prefix), and `save_pretrained` of
+      Llava/LlavaNext does not add it back: it writes `vision_tower.embeddings...` instead of
+      the hub's `vision_tower.vision_model...`. vLLM's CLIPVisionModel needs the
+      `vision_model.` level, and transformers loads either form.
+    - qwen3_vl_moe: the hub stores each layer's experts as (experts, in, out), transformers as
+      (experts, out, in), and `save_pretrained` keeps its own; vLLM reads the hub's (transformers
+      reads both, telling them apart by shape).
     """
-    if arch not in ("llava", "llava_next"):
+    if arch not in ("llava", "llava_next", "qwen3_vl_moe"):
         return
     from safetensors import safe_open
     from safetensors.torch import save_file
@@ -630,6 +1043,16 @@ def _to_hub_layout(out_dir: Path, arch: str) -> None:
     with safe_open(path, "pt") as f:
         metadata = f.metadata() or {"format": "pt"}
         tensors = {k: f.get_tensor(k) for k in f.keys()}  # noqa: SIM118
+    if arch == "qwen3_vl_moe":
+        save_file(
+            {
+                k: v.transpose(1, 2).contiguous() if k.endswith("_proj") and ".experts." in k else v
+                for k, v in tensors.items()
+            },
+            path,
+            metadata=metadata,
+        )
+        return
     renamed = {
         re.sub(r"^vision_tower\.(?!vision_model\.)", "vision_tower.vision_model.", k): v
         for k, v in tensors.items()
