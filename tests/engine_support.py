@@ -8,8 +8,9 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from crop_vllm.families import FAMILIES
-from crop_vllm.layout import Region
+from crop_vllm.families import FAMILIES, family_of_architecture
+from crop_vllm.layout import FULL_IMAGE, Region
+from crop_vllm.testing.tiny_models import chat_prompt as make_prompt
 
 os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")
 os.environ.setdefault("VLLM_CPU_OMP_THREADS_BIND", "nobind")
@@ -18,26 +19,12 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 STOCK_ARCH = {f.model_type: f.stock_architecture for f in FAMILIES}
 CROP_ARCH = {f.model_type: f.crop_architecture for f in FAMILIES}
 
-_PLACEHOLDER = {
-    "llava": "<image>\n",
-    "llava_next": "<image>\n",
-    "qwen2_5_vl": "<|vision_start|><|image_pad|><|vision_end|>",
-}
-
 MAX_TOKENS = 16
 #: float32 on CPU: vLLM's kernels and transformers' differ only in summation order.
 LOGPROB_TOLERANCE = 2e-3
 QUARTER = Region(0.0, 0.0, 0.5, 0.5)
 BORDER = Region(0.8, 0.0, 1.0, 0.3)
 ONE_CELL = Region(0.41, 0.41, 0.42, 0.42)
-
-
-def make_prompt(arch: str, num_images: int, question: str) -> str:
-    """The family's chat format with `num_images` image placeholders."""
-    images = _PLACEHOLDER[arch] * num_images
-    if arch == "qwen2_5_vl":
-        return f"<|im_start|>user\n{images}{question}<|im_end|>\n<|im_start|>assistant\n"
-    return f"USER: {images}{question} ASSISTANT:"
 
 
 def test_image(seed: int, size: tuple[int, int] = (224, 160)) -> Image.Image:
@@ -67,6 +54,7 @@ def make_llm(checkpoint: Path, architecture: str, **overrides):
         "max_num_seqs": 8,
         "limit_mm_per_prompt": {"image": 2},
         "seed": 0,
+        "trust_remote_code": family_of_architecture(architecture).remote_code,
     }
     return LLM(model=str(checkpoint), hf_overrides=hf_overrides, **{**settings, **overrides})
 
@@ -91,6 +79,31 @@ def request(arch: str, images: list[Image.Image], question: str, **crop) -> dict
     if crop:
         prompt["mm_processor_kwargs"] = crop
     return prompt
+
+
+def assert_pruning_changes_the_answer(pruned, unpruned) -> None:
+    """The reference with pruning differs from the reference without it by far more than the
+    tolerance, so comparing the engine with the pruned reference can fail (tiny random models
+    may well ignore the image)."""
+    worst = max(abs(a - b) for a, b in zip(pruned.logprobs, unpruned.logprobs, strict=True))
+    assert pruned.token_ids != unpruned.token_ids or worst > 10 * LOGPROB_TOLERANCE, worst
+
+
+def assert_matches_the_ilp_reference(reference, output, images, plans) -> None:
+    """`output` (vLLM) has the greedy tokens and log-probs of `reference.generate_ilp` for the
+    same prompt, images and plans; and when the plans prune, pruning changes the reference."""
+    expected = reference.generate_ilp(
+        list(output.prompt_token_ids), images, plans, len(output.outputs[0].token_ids)
+    )
+    assert list(output.outputs[0].token_ids) == expected.token_ids
+    worst = max(abs(a - b) for a, b in zip(chosen_logprobs(output), expected.logprobs, strict=True))
+    assert worst < LOGPROB_TOLERANCE, worst
+    if any(plan is not None and plan.region != FULL_IMAGE for plan in plans):
+        prompt = reference.unpruned_prompt(list(output.prompt_token_ids), images)
+        unpruned = reference.generate_ilp(
+            prompt, images, [None] * len(images), len(expected.token_ids)
+        )
+        assert_pruning_changes_the_answer(expected, unpruned)
 
 
 def chosen_logprobs(output) -> list[float]:

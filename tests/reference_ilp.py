@@ -2,7 +2,8 @@
 
 Image features, PLC pooling, placement and M-RoPE positions come from `ReferencePLC`. The decoder
 loop is written out here: layers < K run on every token, layers >= K only on the kept ones, with
-their original (M-)RoPE positions and a causal mask over the kept tokens. Every greedy step
+their original (M-)RoPE positions and a causal mask over the kept tokens; Qwen3-VL's DeepStack
+level i is added to the image tokens that layer i ran on. Every greedy step
 recomputes the whole sequence (no KV cache), so nothing here mirrors vLLM's compaction of the
 paged KV cache: the two only agree if vLLM's compacted slots, sequence lengths and positions are
 right. Shares only the pure layout math (`crop_vllm.layout`, `crop_vllm.ilp.plan`) with the plugin.
@@ -13,11 +14,13 @@ from __future__ import annotations
 from pathlib import Path
 
 import torch
-from transformers import AutoConfig, AutoImageProcessor
+from transformers import AutoConfig
 
-from crop_vllm.geometry import image_grids
+from crop_vllm.families import family
+from crop_vllm.geometry import image_grids, image_processor_settings
 from crop_vllm.ilp.plan import image_keep_mask
 from crop_vllm.options import CropSettings, ImagePlan
+from crop_vllm.testing.tiny_models import QWEN3_FAMILIES
 from tests.reference_plc import Generation, ReferencePLC
 
 
@@ -31,8 +34,9 @@ class ReferenceILP(ReferencePLC):
     def __init__(self, arch: str, checkpoint: Path, settings: CropSettings) -> None:
         super().__init__(arch, checkpoint, settings.plc)
         self.crop = settings
-        self.hf_config = AutoConfig.from_pretrained(checkpoint)
-        self.image_processor_dict = AutoImageProcessor.from_pretrained(checkpoint).to_dict()
+        remote_code = family(arch).remote_code
+        self.hf_config = AutoConfig.from_pretrained(checkpoint, trust_remote_code=remote_code)
+        self.image_processor_dict = image_processor_settings(checkpoint, self.hf_config)
 
     def keep_mask(self, prompt_ids: list[int], images, plans: list[ImagePlan | None]) -> list[bool]:
         """Per prompt token, whether layers >= K see it: image runs in order, text always."""
@@ -49,13 +53,20 @@ class ReferenceILP(ReferencePLC):
             position += len(image_mask)
         return mask
 
-    def _run_layers(self, embeds: torch.Tensor, positions: torch.Tensor, keep: torch.Tensor):
+    def _run_layers(
+        self,
+        embeds: torch.Tensor,
+        positions: torch.Tensor,
+        keep: torch.Tensor,
+        deepstack: list[torch.Tensor],
+    ):
         """The text model on one sequence; returns the last token's final hidden state."""
         lm = self.model.model.language_model
         hidden = embeds[None]
+        rows = torch.ones_like(keep)
         for index, layer in enumerate(lm.layers):
             if index == self.crop.ilp_layer:
-                hidden, positions = hidden[:, keep], positions[..., keep]
+                hidden, positions, rows = hidden[:, keep], positions[..., keep], keep
             rotary = lm.rotary_emb(hidden, positions)
             hidden = layer(
                 hidden,
@@ -65,6 +76,8 @@ class ReferenceILP(ReferencePLC):
             )
             if isinstance(hidden, tuple):
                 hidden = hidden[0]
+            if index < len(deepstack):
+                hidden = hidden + deepstack[index][rows]
         return lm.norm(hidden)[:, -1]
 
     @torch.no_grad()
@@ -81,7 +94,10 @@ class ReferenceILP(ReferencePLC):
         keep = self.keep_mask(prompt_ids, images, plans)
         generated, logprobs = [], []
         for _ in range(max_tokens):
-            hidden = self._run_layers(embeds, positions, torch.tensor(keep))
+            deepstack = (
+                self.deepstack_rows(prompt_ids, len(keep)) if self.arch in QWEN3_FAMILIES else []
+            )
+            hidden = self._run_layers(embeds, positions, torch.tensor(keep), deepstack)
             logp = torch.log_softmax(self.model.lm_head(hidden).float(), dim=-1)[0]
             token = int(logp.argmax())
             generated.append(token)

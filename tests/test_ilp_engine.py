@@ -16,6 +16,7 @@ from tests.engine_support import (
     LOGPROB_TOLERANCE,
     ONE_CELL,
     QUARTER,
+    assert_matches_the_ilp_reference,
     chosen_logprobs,
     greedy,
     make_llm,
@@ -28,7 +29,7 @@ from tests.reference_ilp import ReferenceILP
 
 pytestmark = pytest.mark.engine
 
-ARCHES = ("llava", "qwen2_5_vl", "llava_next")
+ARCHES = ("llava", "qwen2_5_vl", "llava_next", "qwen3_vl", "qwen3_vl_moe", "internvl_chat")
 ILP_OVERRIDES = {"crop_enable_ilp": True}
 #: Small chunks: every image's placeholders span several prefill steps.
 CHUNK_TOKENS = 64
@@ -104,12 +105,7 @@ def check_against_reference(reference, arch, images, name, output):
     mode, regions = CASES[name]
     count = 1 if regions is None else len(regions)
     plans = [plan(mode, r) for r in (regions or [None])]
-    expected = reference.generate_ilp(
-        list(output.prompt_token_ids), images[:count], plans, len(output.outputs[0].token_ids)
-    )
-    assert list(output.outputs[0].token_ids) == expected.token_ids, name
-    worst = max(abs(a - b) for a, b in zip(chosen_logprobs(output), expected.logprobs, strict=True))
-    assert worst < LOGPROB_TOLERANCE, (name, worst)
+    assert_matches_the_ilp_reference(reference, output, images[:count], plans)
 
 
 def test_mixed_batch_matches_the_reference(arch, tiny_checkpoint, ilp_engine, images):

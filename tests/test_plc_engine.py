@@ -4,15 +4,17 @@ from __future__ import annotations
 
 import pytest
 
-from crop_vllm.families import MODEL_TYPES
-from crop_vllm.geometry import image_grids, num_image_tokens
-from crop_vllm.layout import FULL_IMAGE, PLCSettings, Region
+from crop_vllm.families import MODEL_TYPES, family
+from crop_vllm.layout import FULL_IMAGE, CropMode, PLCSettings, Region
+from crop_vllm.options import CropSettings
+from server.accounting import ModelGeometry
 from tests.engine_support import (
     BORDER,
     LOGPROB_TOLERANCE,
     ONE_CELL,
     QUARTER,
     STOCK_ARCH,
+    assert_pruning_changes_the_answer,
     chosen_logprobs,
     greedy,
     make_llm,
@@ -28,13 +30,11 @@ ARCHES = MODEL_TYPES
 
 
 def predicted_tokens(arch, checkpoint, image, region: Region | None) -> int:
-    """What the token-count function predicts for `image` on this checkpoint."""
-    from transformers import AutoConfig, AutoImageProcessor
-
-    config = AutoConfig.from_pretrained(checkpoint)
-    processor = AutoImageProcessor.from_pretrained(checkpoint).to_dict()
-    grids = image_grids(config, processor, image.height, image.width)
-    return num_image_tokens(grids, region, PLCSettings())
+    """The visual tokens the gateway's accounting reports for `image` after PLC."""
+    geometry = ModelGeometry.load(
+        str(checkpoint), CropSettings().to_hf_overrides(), family(arch).remote_code
+    )
+    return geometry.image_tokens(image.width, image.height, region, CropMode.PLC).after_plc
 
 
 @pytest.fixture(scope="module", params=ARCHES)
@@ -98,6 +98,8 @@ CASES = {
 
 
 def test_greedy_tokens_and_logprobs_match_the_reference(arch, tiny_checkpoint, crop_engine, images):
+    """Each case equals the reference; the reference's answer with pruning differs from its
+    answer without (the full-image region prunes nothing: there they are the same)."""
     reference = ReferencePLC(arch, tiny_checkpoint(arch), PLCSettings())
     requests = {
         name: request(
@@ -122,6 +124,16 @@ def test_greedy_tokens_and_logprobs_match_the_reference(arch, tiny_checkpoint, c
         assert (
             max(abs(a - b) for a, b in zip(got, expected.logprobs, strict=True)) < LOGPROB_TOLERANCE
         ), name
+        unpruned = reference.generate(
+            reference.unpruned_prompt(list(output.prompt_token_ids), images[: len(regions)]),
+            images[: len(regions)],
+            [None] * len(regions),
+            len(expected.token_ids),
+        )
+        if regions == [FULL_IMAGE]:
+            assert unpruned == expected, name
+        else:
+            assert_pruning_changes_the_answer(expected, unpruned)
 
 
 def test_processor_cache_keeps_each_images_region(arch, tiny_checkpoint, crop_engine, images):

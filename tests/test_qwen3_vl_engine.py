@@ -1,0 +1,119 @@
+"""Qwen3-VL specifics: ILP at every layer around the DeepStack levels (real engines), and CROP's
+per-image regions through Qwen3-VL's per-video kwargs routing.
+
+The tiny Qwen3-VL adds its three DeepStack levels after LLM layers 0, 1 and 2 (of 4): with K <= 2
+the levels added after layers >= K must follow the kept rows. K = 2 (the default) runs with the
+other families in test_ilp_engine.py; here K = 0, 1 and 3, one engine each, prefill in 64-token
+chunks so that every image spans chunks.
+"""
+
+from __future__ import annotations
+
+import pytest
+
+from crop_vllm.layout import CropMode
+from crop_vllm.options import CropSettings, ImagePlan
+from tests.engine_support import (
+    BORDER,
+    CROP_ARCH,
+    ONE_CELL,
+    QUARTER,
+    assert_matches_the_ilp_reference,
+    greedy,
+    make_llm,
+    make_prompt,
+    request,
+    shutdown,
+    test_image,
+)
+from tests.reference_ilp import ReferenceILP
+
+ARCH = "qwen3_vl"
+
+#: name -> (crop_mode, region per image)
+CASES = {
+    "ilp-quarter": ("ilp", [QUARTER]),
+    "plc+ilp-border": ("plc+ilp", [BORDER]),
+    "ilp-two-images": ("ilp", [ONE_CELL, BORDER]),
+    "plc+ilp-two-images-one-unpruned": ("plc+ilp", [None, QUARTER]),
+}
+
+
+@pytest.fixture(scope="module")
+def images():
+    return [test_image(0), test_image(1, (196, 224))]
+
+
+@pytest.mark.engine
+@pytest.mark.parametrize("layer", [0, 1, 3])
+def test_ilp_at_layer_k_matches_the_reference(layer, tiny_checkpoint, crop_engine, images):
+    """ILP and PLC+ILP requests with a text-only one in one batch, each as the reference computes
+    it with the same K (DeepStack levels after layers >= K only on the kept tokens)."""
+    crop_engine(None)  # one engine at a time
+    checkpoint = tiny_checkpoint(ARCH)
+    llm = make_llm(
+        checkpoint,
+        CROP_ARCH[ARCH],
+        hf_overrides={"crop_enable_ilp": True, "crop_ilp_layer": layer},
+        enable_prefix_caching=False,
+        enable_chunked_prefill=True,
+        max_num_batched_tokens=64,
+    )
+    try:
+        requests = [
+            request(
+                ARCH,
+                images[: len(regions)],
+                f"What is on the left side? ({name})",
+                crop_mode=mode,
+                crop_regions=[None if r is None else r.as_list() for r in regions],
+            )
+            for name, (mode, regions) in CASES.items()
+        ]
+        text_only = {"prompt": make_prompt(ARCH, 0, "Tell me a story about a red car.")}
+        outputs = greedy(llm, [*requests, text_only])
+    finally:
+        shutdown(llm)
+    reference = ReferenceILP(ARCH, checkpoint, CropSettings(enable_ilp=True, ilp_layer=layer))
+    for (mode, regions), output in zip(CASES.values(), outputs, strict=False):
+        plans = [None if r is None else ImagePlan(CropMode(mode), r) for r in regions]
+        assert_matches_the_ilp_reference(reference, output, images[: len(regions)], plans)
+    assert len(outputs[-1].outputs[0].token_ids) == 16
+
+
+def test_a_partial_cache_hit_keeps_the_missing_images_regions_with_per_video_kwargs(
+    tiny_checkpoint,
+):
+    """With per-video `fps`, Qwen3-VL re-routes the kwargs of the items a partial cache hit
+    reprocesses into per-modality scopes; the CROP keys stay flat and keep the missing image's
+    region only, so it is reprocessed with its own region."""
+    from vllm.config import ModelConfig
+    from vllm.multimodal import MULTIMODAL_REGISTRY
+    from vllm.multimodal.parse import MultiModalDataItems
+    from vllm.multimodal.processing.inputs import ProcessorInputs
+
+    import crop_vllm
+
+    crop_vllm.register()
+    model_config = ModelConfig(
+        model=str(tiny_checkpoint(ARCH)),
+        hf_overrides={"architectures": [CROP_ARCH[ARCH]]},
+        dtype="float32",
+        limit_mm_per_prompt={"image": 2, "video": 2},
+    )
+    processor = MULTIMODAL_REGISTRY.create_processor(model_config)
+    inputs = ProcessorInputs(
+        prompt=[],
+        mm_data_items=MultiModalDataItems(),
+        hf_processor_mm_kwargs={
+            "crop_mode": "plc",
+            "crop_regions": [QUARTER.as_list(), BORDER.as_list()],
+            "fps": [2.0, 4.0],
+        },
+    )
+    missing = processor._get_cache_missing_processor_kwargs(
+        inputs, {"image": [True, False], "video": [False, True]}
+    )
+    assert missing["videos_kwargs"]["fps"] == [2.0]  # the scoped form
+    assert missing["crop_regions"] == [BORDER.as_list()]
+    assert missing["crop_mode"] == "plc"
