@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from crop_vllm.families import family_of_architecture
-from crop_vllm.geometry import Grid, image_grids, num_image_tokens
+from crop_vllm.geometry import Grid, image_grids, image_processor_settings, num_image_tokens
 from crop_vllm.ilp.plan import image_keep_mask
 from crop_vllm.layout import CropMode, Region
 from crop_vllm.options import CropSettings, ImagePlan
@@ -34,11 +34,17 @@ class ModelGeometry:
     crop_architecture: str
 
     @classmethod
-    def load(cls, model: str, crop_overrides: dict[str, object]) -> ModelGeometry:
-        """Read `model`'s configs (local files or the hub cache); CROP keys applied on top."""
-        from transformers import AutoConfig, AutoImageProcessor
+    def load(
+        cls, model: str, crop_overrides: dict[str, object], trust_remote_code: bool = False
+    ) -> ModelGeometry:
+        """Read `model`'s configs (local files or the hub cache); CROP keys applied on top.
 
-        hf_config = AutoConfig.from_pretrained(model)
+        `trust_remote_code` as for the engine: InternVL chat checkpoints bring their config
+        class as remote code.
+        """
+        from transformers import AutoConfig
+
+        hf_config = AutoConfig.from_pretrained(model, trust_remote_code=trust_remote_code)
         architecture = (getattr(hf_config, "architectures", None) or ["?"])[0]
         try:
             crop_architecture = family_of_architecture(architecture).crop_architecture
@@ -46,7 +52,7 @@ class ModelGeometry:
             raise ValueError(f"{model}: {exc}") from None
         for key, value in crop_overrides.items():
             setattr(hf_config, key, value)
-        processor = AutoImageProcessor.from_pretrained(model).to_dict()
+        processor = image_processor_settings(model, hf_config)
         return cls(hf_config, processor, CropSettings.from_hf_config(hf_config), crop_architecture)
 
     def hf_overrides(self, crop_overrides: dict[str, object]) -> dict[str, object]:

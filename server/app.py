@@ -108,7 +108,10 @@ def create_app(
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         geometry = await asyncio.to_thread(
-            ModelGeometry.load, config.model, config.crop.hf_overrides()
+            ModelGeometry.load,
+            config.model,
+            config.crop.hf_overrides(),
+            bool(config.engine_args.get("trust_remote_code", False)),
         )
         async with contextlib.AsyncExitStack() as owned:
             the_engine = engine

@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from crop_localizer import LocalizerConfig, LocalizerKind
-from crop_vllm.families import MODEL_TYPES
+from crop_vllm.families import MODEL_TYPES, family
 from crop_vllm.layout import CropMode
 from server.app import create_app
 from server.config import CropDefaults, GatewayConfig, Limits
@@ -205,7 +205,9 @@ def config_from_args(args: argparse.Namespace) -> GatewayConfig:
 
         model = str(build_tiny_model(args.demo_arch, demo_dir() / args.demo_arch))
         served_name = served_name or f"crop-demo-{args.demo_arch}"
-        engine_args = {**DEMO_ENGINE_ARGS, **engine_args}
+        # The demo's own InternVL config module is the remote code InternVL needs.
+        remote_code = {"trust_remote_code": family(args.demo_arch).remote_code}
+        engine_args = {**DEMO_ENGINE_ARGS, **remote_code, **engine_args}
         logger.warning("no --model: serving the tiny RANDOM-weight demo checkpoint %s", model)
     kind = args.localizer or (
         LocalizerKind.YOLO_WORLD if args.localizer_weights else LocalizerKind.NONE

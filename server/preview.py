@@ -1,9 +1,10 @@
 """Draw what CROP keeps of an image: the region and the kept visual-token grid, as a PNG.
 
 Each kept token is outlined over the cells it covers: full-resolution cells inside the region
-in green, pooled windows outside it in orange; cells PLC drops are darkened. The finest grid of
-the model is drawn (LLaVA-NeXT's AnyRes tiles rather than its base view); every grid of a
-family covers the whole picture, so normalized coordinates map straight onto the image.
+in green, pooled windows outside it in orange; cells PLC drops are darkened. The finest view of
+the model is drawn: InternVL's tiles, each over its part of the picture; otherwise the grid with
+the most cells (LLaVA-NeXT's AnyRes tiles rather than its base view), which covers the whole
+picture, so normalized coordinates map straight onto the image.
 """
 
 from __future__ import annotations
@@ -13,8 +14,8 @@ from collections.abc import Sequence
 
 from PIL import Image, ImageDraw
 
-from crop_vllm.geometry import Grid
-from crop_vllm.layout import PLCSettings, Region, build_layout
+from crop_vllm.geometry import Grid, grid_layout
+from crop_vllm.layout import PLCSettings, Region
 
 _MIN_SIDE = 448  # small images are scaled up so that one-cell outlines stay visible
 _INSIDE = (40, 220, 90)
@@ -29,37 +30,44 @@ def render_preview(
     settings: PLCSettings,
     caption: str,
 ) -> bytes:
-    """PNG bytes of `image` with the kept tokens of its finest grid drawn on it."""
-    grid = max(grids, key=lambda g: g.rows * g.cols)
+    """PNG bytes of `image` with the kept tokens of its finest grid(s) drawn on it."""
+    drawn = [g for g in grids if g.tile is not None] or [max(grids, key=lambda g: g.rows * g.cols)]
     scale = max(1.0, _MIN_SIDE / max(image.width, image.height))
     width, height = round(image.width * scale), round(image.height * scale)
     canvas = image.convert("RGB").resize((width, height), Image.Resampling.BICUBIC)
-    layout = build_layout(grid.rows, grid.cols, region, settings)
-    kept = {cell for token in layout.tokens for cell in token.cells}
+    layouts = [grid_layout(grid, region, settings) for grid in drawn]
 
-    def box(row0: int, col0: int, row1: int, col1: int) -> tuple[int, int, int, int]:
-        """Pixel box of cells rows [row0, row1) x cols [col0, col1)."""
+    def box(grid: Grid, row0: int, col0: int, row1: int, col1: int) -> tuple[int, int, int, int]:
+        """Pixel box of a grid's cells rows [row0, row1) x cols [col0, col1)."""
+        rows, cols, top, left = grid.rows, grid.cols, 0, 0
+        if grid.tile is not None:  # the grid's cells in the lattice that covers the picture
+            rows, cols = grid.tile.lattice_rows, grid.tile.lattice_cols
+            top, left = grid.tile.row0, grid.tile.col0
         return (
-            round(col0 * width / grid.cols),
-            round(row0 * height / grid.rows),
-            round(col1 * width / grid.cols) - 1,
-            round(row1 * height / grid.rows) - 1,
+            round((left + col0) * width / cols),
+            round((top + row0) * height / rows),
+            round((left + col1) * width / cols) - 1,
+            round((top + row1) * height / rows) - 1,
         )
 
     shade = Image.new("RGBA", (width, height), (0, 0, 0, 0))
     shading = ImageDraw.Draw(shade)
-    for cell in range(grid.rows * grid.cols):
-        if cell not in kept:
-            row, col = divmod(cell, grid.cols)
-            shading.rectangle(box(row, col, row + 1, col + 1), fill=(0, 0, 0, 170))
+    for grid, layout in zip(drawn, layouts, strict=True):
+        kept = {cell for token in layout.tokens for cell in token.cells}
+        for cell in range(grid.rows * grid.cols):
+            if cell not in kept:
+                row, col = divmod(cell, grid.cols)
+                shading.rectangle(box(grid, row, col, row + 1, col + 1), fill=(0, 0, 0, 170))
     canvas = Image.alpha_composite(canvas.convert("RGBA"), shade).convert("RGB")
 
     draw = ImageDraw.Draw(canvas)
-    for token in layout.tokens:
-        rows = [c // grid.cols for c in token.cells]
-        cols = [c % grid.cols for c in token.cells]
-        color = _INSIDE if token.inside else _OUTSIDE
-        draw.rectangle(box(min(rows), min(cols), max(rows) + 1, max(cols) + 1), outline=color)
+    for grid, layout in zip(drawn, layouts, strict=True):
+        for token in layout.tokens:
+            rows = [c // grid.cols for c in token.cells]
+            cols = [c % grid.cols for c in token.cells]
+            color = _INSIDE if token.inside else _OUTSIDE
+            outline = box(grid, min(rows), min(cols), max(rows) + 1, max(cols) + 1)
+            draw.rectangle(outline, outline=color)
     if region is not None:
         draw.rectangle(
             (region.x0 * width, region.y0 * height, region.x1 * width - 1, region.y1 * height - 1),
