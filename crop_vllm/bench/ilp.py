@@ -37,7 +37,9 @@ from crop_vllm.bench.workload import (
     histogram_mean,
     histogram_totals,
     image_requests,
+    num_decoder_layers,
     time_decoder_layers,
+    workload_grids,
 )
 
 MODES = ("off", "plc", "ilp", "plc+ilp")
@@ -59,9 +61,6 @@ def main() -> None:
     parser.add_argument("--ilp-layer", type=int, default=2)
     args = parser.parse_args()
 
-    from transformers import AutoImageProcessor
-
-    from crop_vllm.geometry import image_grids
     from crop_vllm.ilp.plan import image_keep_mask
     from crop_vllm.layout import CropMode, PLCSettings, Region
     from crop_vllm.options import ImagePlan
@@ -69,7 +68,7 @@ def main() -> None:
     llm, checkpoint, config = bench_engine(
         args, crop_enable_ilp=True, crop_ilp_layer=args.ilp_layer
     )
-    num_layers = config.text_config.num_hidden_layers
+    num_layers = num_decoder_layers(config)
     block_size = llm.llm_engine.vllm_config.cache_config.block_size
 
     def batch(seed: int, mode: str):
@@ -96,8 +95,7 @@ def main() -> None:
             decode[mode].append(histogram_mean(llm, INTER_TOKEN_SECONDS, before))
             prompts[mode] = [len(o.prompt_token_ids) for o in outputs]
 
-    processor = AutoImageProcessor.from_pretrained(checkpoint).to_dict()
-    grids = image_grids(config, processor, args.image_size, args.image_size)
+    grids = workload_grids(args, checkpoint, config)
     region = Region(*QUARTER)
 
     def dropped(mode: str) -> int:

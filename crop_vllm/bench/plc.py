@@ -25,7 +25,10 @@ from crop_vllm.bench.workload import (
     histogram_mean,
     histogram_totals,
     image_requests,
+    workload_grids,
 )
+from crop_vllm.geometry import num_image_tokens
+from crop_vllm.layout import PLCSettings, Region
 
 
 def run_batch(llm, requests) -> tuple[float, float, int]:
@@ -45,7 +48,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description="PLC vs baseline prefill on CPU")
     add_workload_arguments(parser, requests=24)
     args = parser.parse_args()
-    llm, _, config = bench_engine(args)
+    llm, checkpoint, config = bench_engine(args)
 
     def batch(seed: int, region: list[float] | None):
         return image_requests(args, seed, None if region is None else {"crop_regions": [region]})
@@ -61,11 +64,9 @@ def main() -> None:
             prefills[name].append(prefill)
             tokens[name] = prefilled
 
-    (probe_base,) = llm.generate(batch(0, None)[:1], use_tqdm=False)
-    (probe_plc,) = llm.generate(batch(0, QUARTER)[:1], use_tqdm=False)
-    image_token = config.image_token_id
-    visual_full = list(probe_base.prompt_token_ids).count(image_token)
-    visual_kept = list(probe_plc.prompt_token_ids).count(image_token)
+    grids = workload_grids(args, checkpoint, config)
+    visual_full = num_image_tokens(grids, None, PLCSettings())
+    visual_kept = num_image_tokens(grids, Region(*QUARTER), PLCSettings())
 
     print(
         f"\nPLC benchmark: {args.arch} bench checkpoint, {args.requests} requests x "

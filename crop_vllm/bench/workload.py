@@ -13,15 +13,10 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
+from crop_vllm.families import MODEL_TYPES, family
+from crop_vllm.testing.tiny_models import chat_prompt
+
 QUARTER = [0.0, 0.0, 0.5, 0.5]
-PROMPTS = {
-    "llava": "USER: <image>\n{q} ASSISTANT:",
-    "llava_next": "USER: <image>\n{q} ASSISTANT:",
-    "qwen2_5_vl": (
-        "<|im_start|>user\n<|vision_start|><|image_pad|><|vision_end|>{q}<|im_end|>\n"
-        "<|im_start|>assistant\n"
-    ),
-}
 #: vLLM's per-request prefill time (scheduled to first token, vision encoder included) and the
 #: time between output tokens: engine-side, without preprocessing or client overhead.
 PREFILL_SECONDS = "vllm:request_prefill_time_seconds"
@@ -35,7 +30,7 @@ QUESTIONS = [
 
 
 def add_workload_arguments(parser: argparse.ArgumentParser, requests: int) -> None:
-    parser.add_argument("--arch", default="llava", choices=sorted(PROMPTS))
+    parser.add_argument("--arch", default="llava", choices=MODEL_TYPES)
     parser.add_argument("--requests", type=int, default=requests)
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--image-size", type=int, default=448)
@@ -56,7 +51,7 @@ def image_requests(
     requests = []
     for index, picture in enumerate(images(args.requests, args.image_size, seed)):
         request: dict[str, Any] = {
-            "prompt": PROMPTS[args.arch].format(q=QUESTIONS[index % len(QUESTIONS)]),
+            "prompt": chat_prompt(args.arch, 1, QUESTIONS[index % len(QUESTIONS)]),
             "multi_modal_data": {"image": picture},
         }
         if crop is not None:
@@ -75,17 +70,15 @@ def bench_engine(args: argparse.Namespace, **crop_settings: object) -> tuple[Any
     from transformers import AutoConfig
     from vllm import LLM
 
-    from crop_vllm.families import family_of_architecture
     from crop_vllm.testing.tiny_models import build_tiny_model
 
     checkpoint = build_tiny_model(args.arch, args.cache / f"{args.arch}-bench", size="bench")
-    config = AutoConfig.from_pretrained(checkpoint)
+    remote_code = family(args.arch).remote_code
+    config = AutoConfig.from_pretrained(checkpoint, trust_remote_code=remote_code)
     llm = LLM(
         model=str(checkpoint),
-        hf_overrides={
-            "architectures": [family_of_architecture(config.architectures[0]).crop_architecture],
-            **crop_settings,
-        },
+        hf_overrides={"architectures": [family(args.arch).crop_architecture], **crop_settings},
+        trust_remote_code=remote_code,
         dtype="float32",
         enforce_eager=True,
         max_model_len=4096,
@@ -97,6 +90,20 @@ def bench_engine(args: argparse.Namespace, **crop_settings: object) -> tuple[Any
         seed=0,
     )
     return llm, checkpoint, config
+
+
+def workload_grids(args: argparse.Namespace, checkpoint: Path, config: Any) -> list[Any]:
+    """The visual grids of one workload image (`crop_vllm.geometry`, as the gateway counts)."""
+    from crop_vllm.geometry import image_grids, image_processor_settings
+
+    processor = image_processor_settings(checkpoint, config)
+    return image_grids(config, processor, args.image_size, args.image_size)
+
+
+def num_decoder_layers(config: Any) -> int:
+    """The LLM's layer count (InternVL chat configs call the LLM's config `llm_config`)."""
+    text_config = getattr(config, "llm_config", None) or config.get_text_config()
+    return text_config.num_hidden_layers
 
 
 def histogram_totals(llm: Any, name: str) -> tuple[float, int]:
