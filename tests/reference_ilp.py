@@ -51,6 +51,7 @@ class ReferenceILP(ReferencePLC):
                 position += 1
             mask[position : position + len(image_mask)] = image_mask
             position += len(image_mask)
+        mask[-1] = True  # the token the first output is sampled from is never dropped
         return mask
 
     def _run_layers(

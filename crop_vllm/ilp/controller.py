@@ -9,6 +9,7 @@ from torch import nn
 from vllm.logger import init_logger
 from vllm.multimodal.inputs import MultiModalFeatureSpec
 
+from crop_vllm.ilp.backends import SUPPORTED_BACKENDS, unsupported_backends
 from crop_vllm.ilp.decoder import DecoderSplit
 from crop_vllm.ilp.drops import request_drops
 from crop_vllm.ilp.patches import runner
@@ -17,10 +18,30 @@ from crop_vllm.options import CropSettings
 logger = init_logger(__name__)
 
 
+def _check_backends(layers: nn.ModuleList) -> None:
+    """Refuse, while the engine loads the model, an attention backend ILP is not tested on (the
+    backend is chosen per layer in the worker, so the config check cannot see it)."""
+    from vllm.model_executor.layers.attention.attention import Attention
+
+    names = {
+        module.get_attn_backend().get_name()
+        for module in layers.modules()
+        if isinstance(module, Attention)
+    }
+    unsupported = unsupported_backends(names)
+    if unsupported:
+        raise ValueError(
+            f"CROP inner-LLM pruning is not tested on the {', '.join(unsupported)} attention "
+            f"backend: pick one of {', '.join(sorted(SUPPORTED_BACKENDS))} with "
+            "--attention-backend, or turn ILP off (crop_enable_ilp=false)"
+        )
+
+
 class IlpController:
     """Splits the decoder at layer K and tells the runner which prompt positions a request drops."""
 
     def __init__(self, layers: nn.ModuleList, settings: CropSettings, hf_config: object) -> None:
+        _check_backends(layers)
         runner.apply()
         self.layer = settings.ilp_layer
         self.settings = settings
@@ -43,6 +64,8 @@ class IlpController:
             return None
         return cls(layers, settings, hf_config)
 
-    def request_drops(self, mm_features: Sequence[MultiModalFeatureSpec]) -> np.ndarray:
+    def request_drops(
+        self, mm_features: Sequence[MultiModalFeatureSpec], num_prompt_tokens: int
+    ) -> np.ndarray:
         """Sorted prompt positions that layers >= K drop for one request."""
-        return request_drops(mm_features, self.hf_config, self.settings)
+        return request_drops(mm_features, num_prompt_tokens, self.hf_config, self.settings)

@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING
 
 from vllm.model_executor.models.config import VerifyAndUpdateConfig
 
+from crop_vllm.ilp.backends import SUPPORTED_BACKENDS
 from crop_vllm.options import CropSettings
 
 if TYPE_CHECKING:
@@ -65,6 +66,25 @@ def ilp_problems(vllm_config: VllmConfig) -> list[str]:
         )
     if vllm_config.cache_config.kv_sharing_fast_prefill:
         problems.append("--kv-sharing-fast-prefill is not supported with ILP")
+    if vllm_config.lora_config is not None:
+        problems.append(
+            "LoRA maps adapters per scheduled token while layers >= K see only the kept "
+            "tokens: remove --enable-lora"
+        )
+    if (
+        vllm_config.kv_transfer_config is not None
+        or vllm_config.cache_config.kv_offloading_size is not None
+    ):
+        problems.append(
+            "KV connectors (disaggregated prefill, KV offloading) would ship the compacted KV of "
+            "layers >= K as if it were full: remove --kv-transfer-config / --kv-offloading-size"
+        )
+    backend = vllm_config.attention_config.backend
+    if backend is not None and backend.name not in SUPPORTED_BACKENDS:
+        problems.append(
+            f"ILP is not tested on the {backend.name} attention backend: use one of "
+            f"{', '.join(sorted(SUPPORTED_BACKENDS))}"
+        )
     return problems
 
 
