@@ -125,7 +125,77 @@ RUNNER_TOUCHPOINTS: tuple[Touchpoint, ...] = (
     ),
 )
 
-TOUCHPOINTS = PROCESSOR_TOUCHPOINTS + RUNNER_TOUCHPOINTS
+_QWEN3_VL = "vllm.model_executor.models.qwen3_vl:Qwen3VLForConditionalGeneration"
+
+
+def _item_order(owner: str, user: str) -> Touchpoint:
+    return Touchpoint(
+        f"{owner}._parse_and_validate_multimodal_inputs",
+        "called",
+        user,
+        "where the images are among the item embeddings (images and videos keep kwargs order)",
+        "embed_multimodal receives the modality of each item",
+        ("self", "kwargs"),
+    )
+
+
+def _internvl_tiling(name: str, parameters: tuple[str, ...]) -> Touchpoint:
+    return Touchpoint(
+        f"vllm.transformers_utils.processors.internvl:{name}",
+        "called",
+        "crop_vllm.geometry.internvl_tiling",
+        "InternVL's tiling (the lattice of the tile grids) exactly as its processor cuts images",
+        "InternVL's processed fields carry each image's tiling",
+        parameters,
+    )
+
+
+_QWEN3_VL_TOUCHPOINTS = (
+    Touchpoint(
+        f"{_QWEN3_VL}._get_deepstack_input_embeds",
+        "overridden",
+        "crop_vllm.models.qwen3_vl.CropQwen3VLMixin._get_deepstack_input_embeds",
+        "ILP runs layers >= K on the kept rows: the DeepStack levels added after those layers "
+        "must be gathered to them too",
+        "vLLM lets a model run part of its layers on a subset of the tokens",
+        ("self", "num_tokens"),
+    ),
+    _item_order(_QWEN3_VL, "crop_vllm.models.qwen.CropQwenMixin.embed_multimodal"),
+)
+
+#: Per family (HF model_type): what its CROP class (crop_vllm/models/) overrides or calls beyond
+#: vLLM's model interfaces; checked when the worker builds the model.
+MODEL_TOUCHPOINTS: dict[str, tuple[Touchpoint, ...]] = {
+    "qwen2_5_vl": (
+        _item_order(
+            "vllm.model_executor.models.qwen2_5_vl:Qwen2_5_VLForConditionalGeneration",
+            "crop_vllm.models.qwen.CropQwenMixin.embed_multimodal",
+        ),
+    ),
+    "qwen3_vl": _QWEN3_VL_TOUCHPOINTS,
+    "qwen3_vl_moe": _QWEN3_VL_TOUCHPOINTS,
+    "internvl_chat": (
+        _item_order(
+            "vllm.model_executor.models.internvl:InternVLChatModel",
+            "crop_vllm.models.internvl.CropInternVLChatModel.embed_multimodal",
+        ),
+        _internvl_tiling(
+            "calculate_internvl_targets",
+            ("orig_width", "orig_height", "target_ratios", "image_size", "use_thumbnail"),
+        ),
+        _internvl_tiling("get_internvl_target_ratios", ("min_num", "max_num")),
+        _internvl_tiling(
+            "resolve_internvl_min_max_num",
+            ("min_dynamic_patch", "max_dynamic_patch", "dynamic_image_size", "use_thumbnail"),
+        ),
+    ),
+}
+
+TOUCHPOINTS = (
+    PROCESSOR_TOUCHPOINTS
+    + RUNNER_TOUCHPOINTS
+    + tuple(dict.fromkeys(t for family in MODEL_TOUCHPOINTS.values() for t in family))
+)
 
 
 class UnsupportedVllmError(RuntimeError):

@@ -35,6 +35,7 @@ from crop_vllm.ilp.controller import IlpController
 from crop_vllm.models.pooling import apply_plan_to_grids
 from crop_vllm.models.processor import CropProcessorMixin, pop_plans
 from crop_vllm.options import CropSettings, strip_request_keys
+from crop_vllm.vllm_surface import MODEL_TOUCHPOINTS, check_vllm
 
 
 class CropInternVLMultiModalProcessor(CropProcessorMixin, InternVLMultiModalProcessor):
@@ -80,6 +81,7 @@ class CropInternVLMultiModalProcessor(CropProcessorMixin, InternVLMultiModalProc
 )
 class CropInternVLChatModel(InternVLChatModel):
     def __init__(self, *, vllm_config: VllmConfig, prefix: str = "") -> None:
+        check_vllm(MODEL_TOUCHPOINTS["internvl_chat"])
         super().__init__(vllm_config=vllm_config, prefix=prefix)
         self.crop_settings = CropSettings.from_hf_config(self.config)
         self.crop_ilp = IlpController.maybe_create(

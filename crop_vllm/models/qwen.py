@@ -23,6 +23,7 @@ from crop_vllm.ilp.controller import IlpController
 from crop_vllm.models.pooling import apply_plan, grid_layouts
 from crop_vllm.models.processor import MODE_FIELD, REGION_FIELD, decode_plan_field, pop_plans
 from crop_vllm.options import CropSettings
+from crop_vllm.vllm_surface import MODEL_TOUCHPOINTS, check_vllm
 
 
 class CropQwenMixin:
@@ -31,6 +32,7 @@ class CropQwenMixin:
     config: object  # provided by the stock model
 
     def __init__(self, *, vllm_config: VllmConfig, prefix: str = "") -> None:
+        check_vllm(MODEL_TOUCHPOINTS[vllm_config.model_config.hf_config.model_type])
         super().__init__(vllm_config=vllm_config, prefix=prefix)  # type: ignore[call-arg]
         self.crop_settings = CropSettings.from_hf_config(self.config)
         self.crop_merge = self.config.vision_config.spatial_merge_size  # type: ignore[attr-defined]
