@@ -11,15 +11,20 @@ weights are drawn from a seeded generator, so a build is deterministic.
 Sizes (visual tokens for one image; vision_feature_layer -2 and the "default" strategy for the
 CLIP-based families, so CLS is dropped):
 
-* ``tiny`` (CI): 2-layer vision tower with hidden 64, 4-layer LLM (Llama / Qwen2) with hidden 128
-  and head_dim 32, vocab 1024. A 224x224 image gives an 8x8 grid of visual cells: llava 64
-  tokens (CLIP 112px, patch 14); llava_next 336 (2x2 AnyRes tiles of 8x8, unpadded to 16x16,
-  + 16 newline tokens + the 8x8 base image); qwen2_5_vl 64 (16x16 patches merged 2x2; up to
-  448x448 -> 256 tokens).
+* ``tiny`` (CI): 2-layer vision tower with hidden 64 (Qwen3-VL: 3 layers, one DeepStack level
+  each), 4-layer LLM (Llama / Qwen2 / Qwen3, Qwen3-VL-MoE with 4 experts, 2 per token) with
+  hidden 128 and head_dim 32, vocab 1024. A 224x224 image gives an 8x8 grid of visual cells:
+  llava 64 tokens (CLIP 112px, patch 14); llava_next 336 (2x2 AnyRes tiles of 8x8, unpadded to
+  16x16, + 16 newline tokens + the 8x8 base image); qwen2_5_vl 64 (16x16 patches merged 2x2; up
+  to 448x448 -> 256 tokens); qwen3_vl(_moe) 64 (scaled up to 256x256, patch 16 merged 2x2; up
+  to 512x512 -> 256); internvl_chat 320 (112 px tiles of 8x8 tokens: 2x2 tiles + thumbnail;
+  224x160 -> 3x2 tiles + thumbnail, 448).
 * ``bench`` (CPU benchmark): 4-layer vision tower with hidden 256, 12-layer LLM with hidden 768
   and head_dim 64. llava: 224x224 -> 256 tokens (16x16); llava_next: 224x224 -> 528 (1x2 tiles
   of 16x16 unpadded to 16x16 + 16 newlines + 256 base), 448x448 -> 1312; qwen2_5_vl: 448x448
-  -> 256 tokens (16x16 merged), up to 672x672 -> 576.
+  -> 256 tokens (16x16 merged), up to 672x672 -> 576; qwen3_vl(_moe): 448x448 -> 196 (14x14),
+  up to 1024x1024 -> 1024; internvl_chat: 224 px tiles of 16x16 tokens, 448x448 -> 2x2 tiles
+  + thumbnail, 1280.
 * ``bench-1024``: ``bench`` with the LLM at hidden 1024 (16 heads of 64), the spec's upper
   bound, for checking how CROP's gains grow with the LLM's share of the work.
 
@@ -34,7 +39,8 @@ text.
 The llava chat template writes the BOS token itself and the tokenizer adds none, so vLLM's chat
 path (add_special_tokens=False), ``LLM.generate`` on the rendered text and the HF processor all
 see the same ids. Checked by hand against vLLM 0.32 (CPU, float32): for an image + question,
-vLLM's 16 greedy tokens equal transformers' ``generate(do_sample=False)`` for every arch.
+vLLM's 16 greedy tokens equal transformers' ``generate(do_sample=False)`` for every arch (for
+internvl_chat: transformers' native InternVL on the renamed weights, `load_transformers_model`).
 
 `build_tiny_model` is idempotent: the directory gets a marker file with a hash of the spec (and
 of this file's source), and a directory with a matching marker is returned as is.
