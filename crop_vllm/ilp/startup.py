@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING
 
 from vllm.model_executor.models.config import VerifyAndUpdateConfig
 
-from crop_vllm.ilp.backends import SUPPORTED_BACKENDS
+from crop_vllm.ilp.requirements import COMPACT_KV_SCHEDULER, SUPPORTED_BACKENDS
 from crop_vllm.options import CropSettings
 
 if TYPE_CHECKING:
@@ -88,6 +88,32 @@ def ilp_problems(vllm_config: VllmConfig) -> list[str]:
     return problems
 
 
+def compact_kv_problems(vllm_config: VllmConfig) -> list[str]:
+    """What to change so that layers >= K can hold only the kept tokens' KV (empty: fine)."""
+    problems = []
+    if vllm_config.scheduler_config.disable_hybrid_kv_cache_manager is True:
+        problems.append(
+            "the saving puts layers < K and >= K in separate KV-cache groups of vLLM's hybrid "
+            "KV-cache manager: remove --disable-hybrid-kv-cache-manager"
+        )
+    scheduler = vllm_config.scheduler_config.scheduler_cls
+    if scheduler is not None and scheduler != COMPACT_KV_SCHEDULER:
+        problems.append(
+            f"the saving needs CROP's scheduler, but --scheduler-cls is {scheduler!r}: remove it"
+        )
+    multimodal = vllm_config.model_config.multimodal_config
+    if (
+        multimodal is not None
+        and multimodal.mm_processor_cache_type == "shm"
+        and multimodal.mm_processor_cache_gb > 0
+    ):
+        problems.append(
+            "the scheduler reads each image's CROP plan from its multimodal features, which the "
+            "shared-memory processor cache hides: use --mm-processor-cache-type lru"
+        )
+    return problems
+
+
 class CropConfig(VerifyAndUpdateConfig):
     """Startup check of the CROP architectures."""
 
@@ -109,6 +135,16 @@ class CropConfig(VerifyAndUpdateConfig):
             )
         # Cascade attention would share a prefix across requests whose layers >= K differ.
         vllm_config.model_config.disable_cascade_attn = True
+        if settings.ilp_compact_kv:
+            problems = compact_kv_problems(vllm_config)
+            if problems:
+                raise ValueError(
+                    "CROP's ILP KV saving (crop_ilp_compact_kv=true, the default with ILP) "
+                    "cannot run with these engine settings:\n- "
+                    + "\n- ".join(problems)
+                    + "\nor turn the saving off with crop_ilp_compact_kv=false"
+                )
+            vllm_config.scheduler_config.scheduler_cls = COMPACT_KV_SCHEDULER
 
 
 def register(architectures: list[str]) -> None:

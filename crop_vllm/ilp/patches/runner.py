@@ -34,6 +34,7 @@ from vllm.v1.kv_cache_interface import FullAttentionSpec
 from vllm.v1.worker.gpu_model_runner import GPUModelRunner
 from vllm.v1.worker.utils import AttentionGroup
 
+from crop_vllm.ilp.kv import IlpAttentionSpec
 from crop_vllm.ilp.plan import StepCompaction, compact_step
 from crop_vllm.ilp.step import FORWARD_CONTEXT_KEY, IlpStep
 from crop_vllm.vllm_surface import RUNNER_TOUCHPOINTS, check_vllm
@@ -131,6 +132,11 @@ class IlpRunnerState:
             self._drops = {r: d for r, d in self._drops.items() if r in runner.requests}
         return drops
 
+    def drops_of(self, req_id: str) -> list[int] | None:
+        """The dropped positions this worker computed for a request (None: not seen yet)."""
+        drops = self._drops.get(req_id)
+        return None if drops is None else drops.tolist()
+
 
 _STATES: weakref.WeakKeyDictionary[GPUModelRunner, IlpRunnerState] = weakref.WeakKeyDictionary()
 
@@ -166,6 +172,27 @@ def build_step(runner: GPUModelRunner, ilp: Any) -> IlpStep | None:
     )
 
 
+class CompactedKvUnderAllocated(RuntimeError):
+    """The scheduler gave a request fewer compacted KV blocks than its kept tokens need."""
+
+
+def _check_compacted_allocation(
+    runner: GPUModelRunner, compaction: StepCompaction, block_table: Any
+) -> None:
+    """Refuse to write KV past a request's compacted blocks (into blocks it does not own): the
+    scheduler and this worker disagree on its dropped positions, a bug, so fail loudly."""
+    needed = -(-compaction.seq_lens // block_table.block_size)
+    owned = block_table.num_blocks_per_row[compaction.requests]
+    short = np.flatnonzero(needed > owned)
+    if len(short):
+        req_ids = [runner.input_batch.req_ids[int(compaction.requests[i])] for i in short]
+        raise CompactedKvUnderAllocated(
+            f"CROP ILP: requests {req_ids} hold {owned[short].tolist()} compacted KV blocks but "
+            f"their kept tokens need {needed[short].tolist()}: the scheduler's and the worker's "
+            "drop plans disagree; stopping instead of writing KV into blocks they do not own"
+        )
+
+
 def _kept_metadata(
     runner: GPUModelRunner, state: IlpRunnerState, compaction: StepCompaction
 ) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
@@ -185,13 +212,16 @@ def _kept_metadata(
     attn_metadata: dict[str, Any] = {}
     slot_mapping: dict[str, torch.Tensor] = {}
     for group_id, group in enumerate(runner.kv_cache_config.kv_cache_groups):
-        if not isinstance(group.kv_cache_spec, FullAttentionSpec):
-            raise NotImplementedError(
-                f"ILP supports full-attention KV caches only, got {group.kv_cache_spec}"
-            )
+        spec = group.kv_cache_spec
+        if not isinstance(spec, FullAttentionSpec):
+            raise NotImplementedError(f"ILP supports full-attention KV caches only, got {spec}")
+        if isinstance(spec, IlpAttentionSpec) and not spec.ilp_compacted:
+            continue  # layers < K: they ran with the stock metadata
         block_table = runner.input_batch.block_table[group_id]
         table = block_table.get_device_tensor(num_reqs)
         block_size = block_table.block_size
+        if isinstance(spec, IlpAttentionSpec):
+            _check_compacted_allocation(runner, compaction, block_table)
         slots = (
             table[kept_request, compact_positions // block_size].to(torch.int64) * block_size
             + compact_positions % block_size
