@@ -49,6 +49,13 @@ class CropSettings:
     enable_ilp: bool = field(
         default=False, metadata={"help": "allow the `ilp` and `plc+ilp` modes"}
     )
+    ilp_compact_kv: bool = field(
+        default=True,
+        metadata={
+            "help": "with ILP, layers >= K hold KV only for the kept tokens (frees the dropped "
+            "tokens' KV memory; false: full allocation, ILP saves compute only)"
+        },
+    )
     default_mode: CropMode = field(
         default=CropMode.PLC,
         metadata={"help": "mode used when a request gives regions but no mode"},
@@ -84,9 +91,9 @@ class CropSettings:
 
     def engine_requirements(self) -> dict[str, object]:
         """The vLLM engine arguments these settings need (the startup check refuses others)."""
-        if not self.enable_ilp:
-            return {}
-        return {"enforce_eager": True, "enable_prefix_caching": False}
+        if self.enable_ilp and not self.ilp_compact_kv:
+            return {"enable_prefix_caching": False}
+        return {}
 
     @classmethod
     def from_hf_config(cls, hf_config: object) -> CropSettings:
@@ -142,6 +149,12 @@ class ImagePlan:
     @property
     def plc_region(self) -> Region | None:
         return self.region if self.mode.uses_plc else None
+
+    def without_ilp(self) -> ImagePlan | None:
+        """The same plan with inner-LLM pruning left out (None when nothing remains)."""
+        if self.mode is CropMode.PLC_ILP:
+            return ImagePlan(CropMode.PLC, self.region)
+        return self if self.mode is CropMode.PLC else None
 
 
 def _parse_mode(value: object, key: str = "crop_mode") -> CropMode:

@@ -9,7 +9,7 @@ import numpy as np
 from PIL import Image
 
 from crop_vllm.families import FAMILIES, family_of_architecture
-from crop_vllm.layout import FULL_IMAGE, Region
+from crop_vllm.layout import Region
 from crop_vllm.testing.tiny_models import chat_prompt as make_prompt
 
 os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")
@@ -43,13 +43,13 @@ test_image.__test__ = False  # a helper, not a test
 
 
 def make_llm(checkpoint: Path, architecture: str, **overrides):
-    """A real vLLM engine on CPU, float32 and eager, small enough for CI."""
+    """A real vLLM engine on CPU, float32, compiled as vLLM does by default, small enough for
+    CI (`enforce_eager=True` in `overrides` for an eager one)."""
     from vllm import LLM
 
     hf_overrides = {"architectures": [architecture], **overrides.pop("hf_overrides", {})}
     settings = {
         "dtype": "float32",
-        "enforce_eager": True,
         "max_model_len": 2048,
         "max_num_seqs": 8,
         "limit_mm_per_prompt": {"image": 2},
@@ -89,26 +89,16 @@ def assert_pruning_changes_the_answer(pruned, unpruned) -> None:
     assert pruned.token_ids != unpruned.token_ids or worst > 10 * LOGPROB_TOLERANCE, worst
 
 
-def assert_matches_the_ilp_reference(reference, output, images, plans) -> None:
-    """`output` (vLLM) has the greedy tokens and log-probs of `reference.generate_ilp` for the
-    same prompt, images and plans; and when the plans prune, pruning changes the reference."""
-    expected = reference.generate_ilp(
-        list(output.prompt_token_ids), images, plans, len(output.outputs[0].token_ids)
-    )
-    assert list(output.outputs[0].token_ids) == expected.token_ids
-    worst = max(abs(a - b) for a, b in zip(chosen_logprobs(output), expected.logprobs, strict=True))
-    assert worst < LOGPROB_TOLERANCE, worst
-    if any(plan is not None and plan.region != FULL_IMAGE for plan in plans):
-        prompt = reference.unpruned_prompt(list(output.prompt_token_ids), images)
-        unpruned = reference.generate_ilp(
-            prompt, images, [None] * len(images), len(expected.token_ids)
-        )
-        assert_pruning_changes_the_answer(expected, unpruned)
-
-
 def chosen_logprobs(output) -> list[float]:
     completion = output.outputs[0]
     return [
         step[token].logprob
         for step, token in zip(completion.logprobs, completion.token_ids, strict=True)
     ]
+
+
+def assert_matches(output, expected, label: object = None) -> None:
+    """An engine output has the reference's greedy tokens and log-probs (within tolerance)."""
+    assert list(output.outputs[0].token_ids) == expected.token_ids, label
+    worst = max(abs(a - b) for a, b in zip(chosen_logprobs(output), expected.logprobs, strict=True))
+    assert worst < LOGPROB_TOLERANCE, (label, worst)

@@ -10,7 +10,7 @@ three adaptations of vLLM 0.32 applied in the worker process when vLLM imports t
   materializes query x cached keys, so engines keep their KV cache small.
 
 Use `LLM(attention_backend="FLEX_ATTENTION", worker_extension_cls="tests.flex_on_cpu.FlexOnCpu")`.
-The metadata invariant check (`tests.ilp_invariant`) is installed too.
+The ILP probe (`tests.ilp_probe`) is installed too.
 """
 
 from __future__ import annotations
@@ -21,7 +21,7 @@ from vllm.platforms.cpu import CpuPlatform
 from vllm.v1.attention.backends import flex_attention as flex_backend
 from vllm.v1.attention.backends.registry import AttentionBackendEnum
 
-from tests.ilp_invariant import Checked
+from tests.ilp_probe import IlpProbe
 
 _stock_backend_cls = CpuPlatform.get_attn_backend_cls.__func__
 
@@ -50,5 +50,5 @@ flex_backend.flex_attention_compiled = flex_attention
 torch._dynamo.config.suppress_errors = False
 
 
-class FlexOnCpu(Checked):
+class FlexOnCpu(IlpProbe):
     """The worker extension (FLEX on CPU, plus the stock-metadata invariant report)."""

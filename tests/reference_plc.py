@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import json
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -46,6 +46,9 @@ IMAGENET_STD = (0.229, 0.224, 0.225)
 class Generation:
     token_ids: list[int]
     logprobs: list[float]
+    #: Per step, the log-prob gap between the best and the second-best token (where recorded):
+    #: how much numeric noise the step's greedy choice can take.
+    margins: list[float] = field(default_factory=list)
 
 
 def mean_pool(features: torch.Tensor, layout: Layout) -> torch.Tensor:

@@ -20,7 +20,8 @@ import yaml
 from prometheus_client import CollectorRegistry
 
 from crop_localizer.metrics import LocalizerMetrics
-from crop_vllm import CROP_OF
+from crop_vllm.families import FAMILIES
+from crop_vllm.options import CropSettings
 from server.metrics import GatewayMetrics
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -136,7 +137,7 @@ def test_engine_is_vllm_serve_with_the_crop_architecture_and_request_kwargs():
     overrides = json.loads(flags(command)["hf-overrides"])
     assert command[:2] == ["vllm", "serve"]
     assert "--trust-request-mm-kwargs" in command
-    assert overrides["architectures"][0] in CROP_OF.values()
+    assert overrides["architectures"][0] in {f.crop_architecture for f in FAMILIES}
 
 
 def test_gateway_prunes_with_the_engine_settings():
@@ -162,9 +163,9 @@ def test_one_variable_turns_ilp_on_in_the_engine_and_the_gateways(enable_ilp):
 
 @pytest.mark.parametrize("enable_ilp", [False, True])
 def test_the_engine_runs_as_ilp_requires(enable_ilp):
-    """vLLM's own parser on the engine command, its --config file read from deploy/vllm/:
-    with ILP, eager and no prefix caching (what the plugin demands at startup); without,
-    vLLM's defaults."""
+    """vLLM's own parser on the engine command, its --config file read from deploy/vllm/: what
+    the plugin's settings require of the engine (`CropSettings.engine_requirements`), vLLM's
+    defaults otherwise."""
     from vllm.entrypoints.launchers.cli_args import make_arg_parser
     from vllm.utils.argparse_utils import FlexibleArgumentParser
 
@@ -174,8 +175,9 @@ def test_the_engine_runs_as_ilp_requires(enable_ilp):
     assert (vllm, serve) == ("vllm", "serve")
     local = [a.replace("/etc/crop", str(DEPLOY / "vllm")) for a in rest]
     args = make_arg_parser(FlexibleArgumentParser()).parse_args(["--model", model, *local])
-    assert args.enforce_eager is enable_ilp
-    assert args.enable_prefix_caching is (not enable_ilp)
+    required = CropSettings(enable_ilp=enable_ilp).engine_requirements()
+    assert args.enforce_eager is required.get("enforce_eager", False)
+    assert args.enable_prefix_caching is required.get("enable_prefix_caching", True)
 
 
 @pytest.mark.parametrize("service", ["engine", "gateway", "embedded"])

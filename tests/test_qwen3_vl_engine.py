@@ -16,9 +16,11 @@ from crop_vllm.options import CropSettings, ImagePlan
 from tests.engine_support import (
     BORDER,
     CROP_ARCH,
+    MAX_TOKENS,
     ONE_CELL,
     QUARTER,
-    assert_matches_the_ilp_reference,
+    assert_matches,
+    assert_pruning_changes_the_answer,
     greedy,
     make_llm,
     make_prompt,
@@ -75,10 +77,15 @@ def test_ilp_at_layer_k_matches_the_reference(layer, tiny_checkpoint, crop_engin
     finally:
         shutdown(llm)
     reference = ReferenceILP(ARCH, checkpoint, CropSettings(enable_ilp=True, ilp_layer=layer))
-    for (mode, regions), output in zip(CASES.values(), outputs, strict=False):
+    for (name, (mode, regions)), output in zip(CASES.items(), outputs, strict=False):
         plans = [None if r is None else ImagePlan(CropMode(mode), r) for r in regions]
-        assert_matches_the_ilp_reference(reference, output, images[: len(regions)], plans)
-    assert len(outputs[-1].outputs[0].token_ids) == 16
+        prompt, pictures = list(output.prompt_token_ids), images[: len(regions)]
+        expected = reference.generate_ilp(prompt, pictures, plans, MAX_TOKENS)
+        assert_matches(output, expected, name)
+        without_ilp = [None if p is None else p.without_ilp() for p in plans]
+        unpruned = reference.generate_ilp(prompt, pictures, without_ilp, MAX_TOKENS)
+        assert_pruning_changes_the_answer(expected, unpruned)
+    assert len(outputs[-1].outputs[0].token_ids) == MAX_TOKENS
 
 
 def test_a_partial_cache_hit_keeps_the_missing_images_regions_with_per_video_kwargs(

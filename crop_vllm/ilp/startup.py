@@ -9,9 +9,10 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
+from vllm.config import CUDAGraphMode
 from vllm.model_executor.models.config import VerifyAndUpdateConfig
 
-from crop_vllm.ilp.backends import SUPPORTED_BACKENDS
+from crop_vllm.ilp.requirements import COMPACT_KV_SCHEDULER, SUPPORTED_BACKENDS
 from crop_vllm.options import CropSettings
 
 if TYPE_CHECKING:
@@ -36,18 +37,22 @@ def plc_problems(vllm_config: VllmConfig) -> list[str]:
     return problems
 
 
-def ilp_problems(vllm_config: VllmConfig) -> list[str]:
+def ilp_problems(vllm_config: VllmConfig, settings: CropSettings) -> list[str]:
     """What to change so that ILP can run (empty: fine)."""
     problems = []
-    if vllm_config.cache_config.enable_prefix_caching:
+    if vllm_config.cache_config.enable_prefix_caching and not settings.ilp_compact_kv:
         problems.append(
-            "prefix caching shares KV blocks whose layers >= K hold compacted contents: "
-            "disable it (--no-enable-prefix-caching / enable_prefix_caching=False)"
+            "prefix caching would share KV blocks whose layers >= K hold compacted contents: "
+            "keep the KV saving on (crop_ilp_compact_kv=true), which caches only what is safe "
+            "to share, or disable prefix caching (--no-enable-prefix-caching)"
         )
-    if not vllm_config.model_config.enforce_eager:
+    cudagraph_mode = vllm_config.compilation_config.cudagraph_mode
+    if cudagraph_mode is not None and cudagraph_mode.has_full_cudagraphs():
         problems.append(
-            "torch.compile and CUDA graphs bake the attention metadata and token counts that "
-            "ILP changes at layer K: run eager (--enforce-eager / enforce_eager=True)"
+            f"cudagraph_mode {cudagraph_mode.name} captures whole steps with one attention "
+            "metadata for every layer, while layers >= K attend over the kept tokens only: use "
+            'PIECEWISE (--compilation-config \'{"cudagraph_mode": "PIECEWISE"}\'), or leave it '
+            "unset (CROP then picks PIECEWISE)"
         )
     if vllm_config.speculative_config is not None:
         problems.append("speculative decoding is not supported with ILP: remove it")
@@ -88,6 +93,32 @@ def ilp_problems(vllm_config: VllmConfig) -> list[str]:
     return problems
 
 
+def compact_kv_problems(vllm_config: VllmConfig) -> list[str]:
+    """What to change so that layers >= K can hold only the kept tokens' KV (empty: fine)."""
+    problems = []
+    if vllm_config.scheduler_config.disable_hybrid_kv_cache_manager is True:
+        problems.append(
+            "the saving puts layers < K and >= K in separate KV-cache groups of vLLM's hybrid "
+            "KV-cache manager: remove --disable-hybrid-kv-cache-manager"
+        )
+    scheduler = vllm_config.scheduler_config.scheduler_cls
+    if scheduler is not None and scheduler != COMPACT_KV_SCHEDULER:
+        problems.append(
+            f"the saving needs CROP's scheduler, but --scheduler-cls is {scheduler!r}: remove it"
+        )
+    multimodal = vllm_config.model_config.multimodal_config
+    if (
+        multimodal is not None
+        and multimodal.mm_processor_cache_type == "shm"
+        and multimodal.mm_processor_cache_gb > 0
+    ):
+        problems.append(
+            "the scheduler reads each image's CROP plan from its multimodal features, which the "
+            "shared-memory processor cache hides: use --mm-processor-cache-type lru"
+        )
+    return problems
+
+
 class CropConfig(VerifyAndUpdateConfig):
     """Startup check of the CROP architectures."""
 
@@ -101,7 +132,7 @@ class CropConfig(VerifyAndUpdateConfig):
             )
         if not settings.enable_ilp:
             return
-        problems = ilp_problems(vllm_config)
+        problems = ilp_problems(vllm_config, settings)
         if problems:
             raise ValueError(
                 "CROP inner-LLM pruning (crop_enable_ilp=true) cannot run with these engine "
@@ -109,6 +140,20 @@ class CropConfig(VerifyAndUpdateConfig):
             )
         # Cascade attention would share a prefix across requests whose layers >= K differ.
         vllm_config.model_config.disable_cascade_attn = True
+        if vllm_config.compilation_config.cudagraph_mode is None:
+            # vLLM's default would add FULL graphs (see ilp_problems); piecewise graphs keep
+            # attention, and so the kept tokens' metadata, outside the captured pieces.
+            vllm_config.compilation_config.cudagraph_mode = CUDAGraphMode.PIECEWISE
+        if settings.ilp_compact_kv:
+            problems = compact_kv_problems(vllm_config)
+            if problems:
+                raise ValueError(
+                    "CROP's ILP KV saving (crop_ilp_compact_kv=true, the default with ILP) "
+                    "cannot run with these engine settings:\n- "
+                    + "\n- ".join(problems)
+                    + "\nor turn the saving off with crop_ilp_compact_kv=false"
+                )
+            vllm_config.scheduler_config.scheduler_cls = COMPACT_KV_SCHEDULER
 
 
 def register(architectures: list[str]) -> None:

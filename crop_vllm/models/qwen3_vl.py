@@ -38,11 +38,10 @@ class CropQwen3VLMixin(CropQwenMixin):
     deepstack_num_level: int  # provided by the stock model
 
     def _get_deepstack_input_embeds(self, num_tokens: int) -> IntermediateTensors | None:
-        """The step's DeepStack levels; levels added after layers >= K only on the kept rows
-        (all rows when the step keeps none: layers >= K then pass their inputs through)."""
+        """The step's DeepStack levels; levels added after layers >= K only on the kept rows."""
         levels = super()._get_deepstack_input_embeds(num_tokens)  # type: ignore[misc]
         step = current_step()
-        if levels is None or step is None or step.kept_rows is None or self.crop_ilp is None:
+        if levels is None or step is None or self.crop_ilp is None:
             return levels
         for level in range(self.crop_ilp.layer, self.deepstack_num_level):
             key = f"deepstack_input_embeds_{level}"

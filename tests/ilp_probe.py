@@ -1,12 +1,10 @@
-"""Worker extension for ILP engine tests: checks, every ILP step, that building the kept tokens'
-attention metadata leaves the stock step's metadata untouched.
+"""Worker extension that checks ILP's metadata isolation inside the worker process (tests only).
 
-Layers < K run with the stock metadata after ILP built its own in the same step; a metadata
-builder with state of its own (FlashInfer's planned wrappers, FlexAttention's persistent tensors)
-would let the second build overwrite what the first one returned. The check is numerics-free:
-every tensor reachable from the stock metadata objects is cloned before the ILP build and must
-be bit-identical after it. Used as `LLM(worker_extension_cls="tests.ilp_invariant.Checked")`;
-importing this module (done by vLLM in the worker process only) installs the check.
+Installed with `LLM(worker_extension_cls="tests.ilp_probe.IlpProbe")`: vLLM imports this module
+in the worker process, and importing it wraps the ILP metadata build there, to check that every
+tensor reachable from the stock step's metadata is bit-identical after ILP built its own. Layers
+< K run with the stock metadata after that build, so a shared stateful builder (FlashInfer's
+planned wrappers, FlexAttention's persistent tensors) would fail the check; it is numerics-free.
 """
 
 from __future__ import annotations
@@ -20,7 +18,7 @@ from vllm.forward_context import get_forward_context
 import crop_vllm.ilp.patches.runner as ilp_runner
 
 _MAX_DEPTH = 4
-_report = {"checks": 0, "tensors": 0, "violations": []}
+_report: dict[str, Any] = {"checks": 0, "tensors": 0, "violations": []}
 
 
 def reachable_tensors(
@@ -52,7 +50,7 @@ def reachable_tensors(
 _build_kept_metadata = ilp_runner._kept_metadata
 
 
-def _checked_kept_metadata(runner, state, compaction):
+def _checked_kept_metadata(runner, state, compaction, ilp):  # type: ignore[no-untyped-def]
     stock = get_forward_context().attn_metadata
     metadata_objects = {id(m): (name, m) for name, m in stock.items()}.values()
     before = {
@@ -60,7 +58,7 @@ def _checked_kept_metadata(runner, state, compaction):
         for name, metadata in metadata_objects
         for path, tensor in reachable_tensors(metadata).items()
     }
-    result = _build_kept_metadata(runner, state, compaction)
+    result = _build_kept_metadata(runner, state, compaction, ilp)
     _report["checks"] += 1
     _report["tensors"] += len(before)
     for path, (tensor, snapshot) in before.items():
@@ -72,8 +70,15 @@ def _checked_kept_metadata(runner, state, compaction):
 ilp_runner._kept_metadata = _checked_kept_metadata
 
 
-class Checked:
-    """The worker extension: `llm.collective_rpc("stock_metadata_report")` reads the tally."""
+class IlpProbe:
+    """The worker extension: RPC methods reading and steering the probe."""
 
-    def stock_metadata_report(self) -> dict[str, Any]:
-        return {**_report, "violations": list(_report["violations"])}
+    def ilp_probe_report(self) -> dict[str, Any]:
+        return {
+            key: list(value)
+            if isinstance(value, list)
+            else dict(value)
+            if isinstance(value, dict)
+            else value
+            for key, value in _report.items()
+        }
