@@ -5,8 +5,8 @@ every host name is resolved here and *every* address it resolves to must be allo
 connection then goes to that checked address (the host name is kept for the Host header and TLS
 SNI), so a second DNS answer cannot swap in another target. Redirects are followed by hand and
 each hop is checked again. Private, loopback, link-local and other non-global addresses are
-refused unless a configured network allows them. Decoding is `crop_localizer.decode_image`, the
-project's one image decoder, so the localizer and the engine see the same pixels.
+refused unless a configured network allows them. Decoding is `server.decoding`, the project's
+one image decoder, so the localizer and the engine see the same pixels.
 """
 
 from __future__ import annotations
@@ -21,9 +21,8 @@ from dataclasses import dataclass
 from urllib.parse import unquote_to_bytes, urljoin, urlsplit, urlunsplit
 
 import httpx
-from PIL import Image
 
-from crop_localizer import ImageDecodeError, ImageTooLargeError, decode_image
+from server.decoding import ImageDecodeError, ImageTooLargeError, LoadedImage, load_image
 
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
@@ -86,7 +85,7 @@ class _Target:
 
 
 class ImageLoader:
-    """Turns `image_url.url` strings into decoded RGB images."""
+    """Turns `image_url.url` strings into `LoadedImage`s (header checked, limits applied)."""
 
     def __init__(self, limits: ImageLimits, client: httpx.AsyncClient | None = None) -> None:
         self.limits = limits
@@ -97,10 +96,14 @@ class ImageLoader:
     async def aclose(self) -> None:
         await self._client.aclose()
 
-    async def load(self, url: str) -> Image.Image:
+    async def load(self, url: str) -> LoadedImage:
         data = await self.fetch_bytes(url)
+        data_url = url if url[:5].lower() == "data:" else None
         try:
-            return await asyncio.to_thread(decode_image, data, max_pixels=self.limits.max_pixels)
+            loaded = load_image(data, max_pixels=self.limits.max_pixels, data_url=data_url)
+            if loaded.source is None:  # converted: decode now, so a damaged image fails here
+                await asyncio.to_thread(loaded.pixels)
+            return loaded
         except ImageTooLargeError as exc:
             raise ImageError(str(exc), "image_too_large") from None
         except ImageDecodeError as exc:

@@ -10,11 +10,15 @@ from __future__ import annotations
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 from crop_localizer.metrics import LOCALIZER_SECONDS_BUCKETS
+from crop_vllm.layout import CropMode
+from server.protocol import CropUsage
 
 _LATENCY_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0)
 
 
 class GatewayMetrics:
+    """The gateway's metrics and what moves them."""
+
     def __init__(self, registry: CollectorRegistry | None = None) -> None:
         self.registry = registry or CollectorRegistry()
         r = self.registry
@@ -77,3 +81,21 @@ class GatewayMetrics:
             buckets=_LATENCY_BUCKETS,
             registry=r,
         )
+
+    def record_served(
+        self, crop: CropUsage, mode: CropMode, prompt_tokens: int, completion_tokens: int
+    ) -> None:
+        """Count a chat request the engine finished: its tokens, CROP's savings, its images."""
+        self.prompt_tokens.inc(prompt_tokens)
+        self.completion_tokens.inc(completion_tokens)
+        self.visual_tokens.labels("full").inc(crop.visual_tokens_full)
+        self.visual_tokens.labels("after_plc").inc(crop.visual_tokens_after_plc)
+        self.visual_tokens.labels("after_ilp").inc(crop.visual_tokens_after_ilp)
+        self.visual_tokens_saved.inc(crop.visual_tokens_full - crop.visual_tokens_after_ilp)
+        for image in crop.images:
+            self.images.labels(image.region_source or "none").inc()
+        if crop.images and mode is not CropMode.OFF:
+            self.localization_seconds.observe(crop.localizer_seconds)
+            self.localization_batch.observe(
+                sum(image.region_source != "client" for image in crop.images)
+            )

@@ -12,8 +12,6 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
-from PIL import Image
-
 from crop_localizer import (
     LocalizationResult,
     Localizer,
@@ -23,9 +21,10 @@ from crop_localizer import (
     localize_with_client_regions,
 )
 from crop_vllm.layout import CropMode, Region
-from crop_vllm.options import CropRequestError, encode_plans, parse_request
+from crop_vllm.options import CropRequestError, ImagePlan, encode_plans, parse_request
 from server.accounting import ModelGeometry
 from server.config import GatewayConfig
+from server.decoding import LoadedImage
 from server.engines import EngineRequest, SamplingOptions
 from server.errors import APIError
 from server.images import ImageError, ImageLoader
@@ -53,10 +52,10 @@ class _Conversation:
 
 @dataclass(frozen=True)
 class Prepared:
+    """A request ready for the engine, with what CROP decided for each of its images."""
+
     engine_request: EngineRequest
-    requested_mode: str
     mode: CropMode
-    images: list[Image.Image]
     results: list[LocalizationResult | None]
     crop_usage: CropUsage
 
@@ -96,40 +95,24 @@ class Pipeline:
                 param="messages",
                 code="too_many_images",
             )
-        requested = self.requested_mode(body)
-        mode = self._mode(requested)
-        raw_regions = body.crop.regions if body.crop is not None else None
-        try:
-            parse_request(
-                {"crop_mode": mode.value, "crop_regions": raw_regions},
-                len(conversation.urls),
-                self.geometry.settings,
-            )
-        except CropRequestError as exc:
-            raise APIError(400, str(exc), param="crop", code="invalid_crop") from None
+        mode = self._mode(self.requested_mode(body))
+        client_regions = self._client_regions(body, mode, len(conversation.urls))
 
         images = await self._load_images(conversation)
         started = time.perf_counter()
-        results = await self._localize(images, conversation.questions, raw_regions, mode)
+        results = await self._localize(images, conversation.questions, client_regions, mode)
         localizer_seconds = time.perf_counter() - started
-        regions = [None if r is None else r.region for r in results]
-        plans = parse_request(
-            {
-                "crop_mode": mode.value,
-                "crop_regions": [None if r is None else r.as_list() for r in regions],
-            },
-            len(images),
-            self.geometry.settings,
-        )
+        plans = [ImagePlan(mode, None if r is None else r.region) for r in results]
+        pruned = mode is not CropMode.OFF and any(p.region is not None for p in plans)
         engine_request = EngineRequest(
             request_id=request_id,
             messages=conversation.messages,
             images=images,
-            mm_kwargs=encode_plans(plans),
+            mm_kwargs=encode_plans(plans if pruned else None),
             sampling=sampling,
         )
         usage = self._usage(images, results, mode, localizer_seconds)
-        return Prepared(engine_request, requested, mode, images, results, usage)
+        return Prepared(engine_request, mode, results, usage)
 
     def sampling(self, body: ChatCompletionRequest) -> SamplingOptions:
         limits = self.config.limits
@@ -166,12 +149,28 @@ class Pipeline:
             top_logprobs=(body.top_logprobs or 0) if body.logprobs else None,
         )
 
+    def _client_regions(
+        self, body: ChatCompletionRequest, mode: CropMode, num_images: int
+    ) -> list[Region | None]:
+        """The client's regions (one per image, None where it gave none), checked once against
+        the image count and the modes this server runs."""
+        regions = body.crop.parsed_regions if body.crop is not None else None
+        try:
+            parse_request(
+                {"crop_mode": mode.value, "crop_regions": regions},
+                num_images,
+                self.geometry.settings,
+            )
+        except CropRequestError as exc:
+            raise APIError(400, str(exc), param="crop", code="invalid_crop") from None
+        return list(regions) if regions is not None else [None] * num_images
+
     def _mode(self, requested: str) -> CropMode:
         if requested == "auto":
             return self.geometry.settings.default_mode
         return CropMode(requested)
 
-    async def _load_images(self, conversation: _Conversation) -> list[Image.Image]:
+    async def _load_images(self, conversation: _Conversation) -> list[LoadedImage]:
         loaded = await asyncio.gather(
             *(self.loader.load(url) for url in conversation.urls), return_exceptions=True
         )
@@ -184,20 +183,19 @@ class Pipeline:
 
     async def _localize(
         self,
-        images: list[Image.Image],
+        images: list[LoadedImage],
         questions: list[str],
-        raw_regions: list[list[float] | None] | None,
+        client: list[Region | None],
         mode: CropMode,
     ) -> list[LocalizationResult | None]:
         """A result per image; None where the mode is off (the localizer is not asked)."""
         if mode is CropMode.OFF or not images:
             return [None] * len(images)
-        client = [
-            None if r is None else Region.parse(r) for r in raw_regions or [None] * len(images)
-        ]
         try:
             return list(
-                await localize_with_client_regions(self.localizer, images, questions, client)
+                await localize_with_client_regions(
+                    self.localizer, lambda i: images[i].pixels(), questions, client
+                )
             )
         except LocalizerOverloaded:
             raise APIError(
@@ -213,7 +211,7 @@ class Pipeline:
 
     def _usage(
         self,
-        images: list[Image.Image],
+        images: list[LoadedImage],
         results: list[LocalizationResult | None],
         mode: CropMode,
         localizer_seconds: float,

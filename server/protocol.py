@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, field_validator
 
 from crop_vllm.layout import Region
 
@@ -103,18 +103,27 @@ class CropOptions(_Strict):
         ),
     )
 
+    _parsed: list[Region | None] | None = PrivateAttr(None)
+
     @field_validator("regions")
     @classmethod
     def _valid_regions(cls, value: list[RegionList | None] | None) -> list[RegionList | None]:
-        if value is None:
-            return value
-        for index, raw in enumerate(value):
+        for index, raw in enumerate(value or ()):
             if raw is not None:
                 try:
                     Region.parse(raw)
                 except ValueError as exc:
                     raise ValueError(f"regions[{index}]: {exc}") from None
         return value
+
+    def model_post_init(self, context: object, /) -> None:
+        # The regions just validated, kept as `Region`s so they are never parsed again.
+        if self.regions is not None:
+            self._parsed = [None if r is None else Region(*r) for r in self.regions]
+
+    @property
+    def parsed_regions(self) -> list[Region | None] | None:
+        return self._parsed
 
 
 class ChatCompletionRequest(_Strict):

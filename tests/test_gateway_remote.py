@@ -15,8 +15,8 @@ import pytest
 from PIL import Image
 from prometheus_client.parser import text_string_to_metric_families
 
-from crop_localizer.images import decode_image
 from server.app import create_app
+from server.decoding import load_image
 from server.engines.remote import Backend, RemoteEngine, _data_url
 from tests.engine_support import test_image
 from tests.gateway_fixtures import (
@@ -200,7 +200,7 @@ def test_requests_spread_over_equally_idle_backends(remote_gateways, forwarders)
 def test_an_upright_jpeg_goes_to_vllm_as_the_clients_bytes():
     buffer = io.BytesIO()
     test_image(0).save(buffer, format="JPEG")
-    image = decode_image(buffer.getvalue(), max_pixels=10**7)
+    image = load_image(buffer.getvalue(), max_pixels=10**7)
     expected = "data:image/jpeg;base64," + base64.b64encode(buffer.getvalue()).decode()
     assert _data_url(image) == expected
 
@@ -208,11 +208,11 @@ def test_an_upright_jpeg_goes_to_vllm_as_the_clients_bytes():
 def test_a_converted_image_goes_to_vllm_as_a_lossless_png():
     buffer = io.BytesIO()
     test_image(0).convert("L").save(buffer, format="PNG")
-    image = decode_image(buffer.getvalue(), max_pixels=10**7)
+    image = load_image(buffer.getvalue(), max_pixels=10**7)
     url = _data_url(image)
     assert url.startswith("data:image/png;base64,")
     sent = Image.open(io.BytesIO(base64.b64decode(url.split(",", 1)[1])))
-    assert sent.mode == "RGB" and np.array_equal(np.asarray(sent), np.asarray(image))
+    assert sent.mode == "RGB" and np.array_equal(np.asarray(sent), np.asarray(image.pixels()))
 
 
 def test_the_least_busy_healthy_backend_is_picked():

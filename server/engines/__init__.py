@@ -12,7 +12,7 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-from PIL import Image
+from server.decoding import LoadedImage
 
 
 @dataclass(frozen=True)
@@ -42,7 +42,7 @@ class EngineRequest:
 
     request_id: str
     messages: list[dict[str, Any]]
-    images: list[Image.Image]
+    images: list[LoadedImage]
     mm_kwargs: dict[str, object]
     sampling: SamplingOptions
 

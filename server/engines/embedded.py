@@ -7,6 +7,7 @@ This is the only module of `server/` that imports vLLM, through its public API.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import AsyncIterator, Mapping
 from typing import Any
@@ -109,7 +110,8 @@ class EmbeddedEngine:
             raise EngineBadRequest(str(exc)) from None
         prompt: dict[str, Any] = {"prompt": self.render_prompt(request.messages)}
         if request.images:
-            prompt["multi_modal_data"] = {"image": list(request.images)}
+            pixels = await asyncio.to_thread(lambda: [i.pixels() for i in request.images])
+            prompt["multi_modal_data"] = {"image": pixels}
         if request.mm_kwargs:
             prompt["mm_processor_kwargs"] = dict(request.mm_kwargs)
 

@@ -25,9 +25,8 @@ from dataclasses import dataclass
 from typing import Any
 
 import httpx
-from PIL import Image
 
-from crop_localizer.images import encoded_source
+from server.decoding import LoadedImage
 from server.engines import (
     ChoiceDelta,
     EngineBadRequest,
@@ -286,15 +285,19 @@ def _event(chunk: dict[str, Any]) -> EngineEvent:
     return EngineEvent(tuple(deltas))
 
 
-def _data_url(image: Image.Image) -> str:
-    """The client's own bytes when they decode to exactly these pixels, else a lossless PNG: the
-    backend prunes exactly the pixels the gateway measured and localized."""
-    source = encoded_source(image)
-    if source is None:
+def _data_url(image: LoadedImage) -> str:
+    """The client's own bytes when they decode to exactly the gateway's pixels (its own data: URL
+    when it sent one), else a lossless PNG: the backend prunes exactly the pixels the gateway
+    measured and localized."""
+    source = image.source
+    if source is not None and source.data_url is not None:
+        return source.data_url
+    if source is not None:
+        mime, data = source.mime, source.data
+    else:
         buffer = io.BytesIO()
-        image.save(buffer, format="PNG", compress_level=1)
-        source = ("image/png", buffer.getvalue())
-    mime, data = source
+        image.pixels().save(buffer, format="PNG", compress_level=1)
+        mime, data = "image/png", buffer.getvalue()
     return f"data:{mime};base64," + base64.b64encode(data).decode("ascii")
 
 
