@@ -40,7 +40,7 @@ def build_engine(config: GatewayConfig, geometry: ModelGeometry) -> Engine:
     engine_args = {**geometry.settings.engine_requirements(), **config.engine_args}
     return EmbeddedEngine(
         config.model,
-        hf_overrides=geometry.hf_overrides(config.crop.hf_overrides()),
+        hf_overrides=geometry.engine_hf_overrides(),
         max_images=config.limits.max_images,
         engine_args=engine_args,
     )
@@ -56,9 +56,7 @@ def create_app(
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        geometry = await asyncio.to_thread(
-            ModelGeometry.load, config.model, config.crop.hf_overrides()
-        )
+        geometry = await asyncio.to_thread(ModelGeometry.load, config.model, config.crop.settings)
         async with contextlib.AsyncExitStack() as owned:
             the_engine = engine
             if the_engine is None:

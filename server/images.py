@@ -17,7 +17,7 @@ import binascii
 import ipaddress
 import socket
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from urllib.parse import unquote_to_bytes, urljoin, urlsplit, urlunsplit
 
 import httpx
@@ -36,14 +36,53 @@ class ImageLimits:
     `allow_public` False restricts fetching to those networks alone (useful for tests and
     closed deployments); `fetch_urls` False accepts data: URLs only."""
 
-    max_bytes: int = 20 * 1024 * 1024
-    max_pixels: int = 40_000_000
-    timeout_s: float = 10.0
-    max_redirects: int = 3
+    max_bytes: int = field(
+        default=20 * 1024 * 1024,
+        metadata={"flag": "--max-image-bytes", "help": "largest image file"},
+    )
+    max_pixels: int = field(
+        default=40_000_000,
+        metadata={"flag": "--max-image-pixels", "help": "largest image (width x height)"},
+    )
+    timeout_s: float = field(
+        default=10.0,
+        metadata={
+            "flag": "--image-fetch-timeout",
+            "metavar": "SECONDS",
+            "help": "longest fetch of an image URL",
+        },
+    )
+    max_redirects: int = field(
+        default=3,
+        metadata={"flag": "--image-max-redirects", "help": "redirects followed per image URL"},
+    )
     content_types: tuple[str, ...] = ("image/",)
-    allowed_networks: tuple[IPNetwork, ...] = ()
-    allow_public: bool = True
-    fetch_urls: bool = True
+    allowed_networks: tuple[IPNetwork, ...] = field(
+        default=(),
+        metadata={
+            "flag": "--allow-image-network",
+            "action": "append",
+            "type": lambda cidr: ipaddress.ip_network(cidr, strict=False),
+            "metavar": "CIDR",
+            "help": "let image URLs reach this otherwise refused (private) network, repeatable",
+        },
+    )
+    allow_public: bool = field(
+        default=True,
+        metadata={
+            "flag": "--no-public-image-urls",
+            "action": "store_false",
+            "help": "fetch image URLs only from --allow-image-network networks",
+        },
+    )
+    fetch_urls: bool = field(
+        default=True,
+        metadata={
+            "flag": "--no-image-urls",
+            "action": "store_false",
+            "help": "accept data: URLs only",
+        },
+    )
 
     def __post_init__(self) -> None:
         if self.max_bytes < 1 or self.max_pixels < 1 or self.timeout_s <= 0:

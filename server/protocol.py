@@ -13,11 +13,15 @@ from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, field_validator
 
-from crop_vllm.layout import Region
+from crop_vllm.layout import CropMode, Region
 
-#: Modes a client may ask for: `auto` lets the server's default pruning apply to the regions the
-#: localizer (or the client) supplies; the others name the pruning explicitly.
-RequestCropMode = Literal["auto", "off", "plc", "ilp", "plc+ilp"]
+#: The plugin's modes, by name.
+CROP_MODES = tuple(mode.value for mode in CropMode)
+#: Modes a client may ask for: the gateway's own `auto` lets the server's default pruning apply
+#: to the regions the localizer (or the client) supplies; the plugin's modes name it explicitly.
+REQUEST_MODES = ("auto", *CROP_MODES)
+RequestCropMode = Literal[REQUEST_MODES]  # type: ignore[valid-type]
+AppliedCropMode = Literal[CROP_MODES]  # type: ignore[valid-type]
 
 _INT64_MIN, _INT64_MAX = -(2**63), 2**63 - 1
 
@@ -183,9 +187,7 @@ class CropImageUsage(BaseModel):
 class CropUsage(BaseModel):
     """Visual-token accounting of one request (all images together)."""
 
-    mode: Literal["off", "plc", "ilp", "plc+ilp"] = Field(
-        description="The pruning applied to images that have a region."
-    )
+    mode: AppliedCropMode = Field(description="The pruning applied to images that have a region.")
     visual_tokens_full: int = Field(description="Visual tokens the unpruned model would use.")
     visual_tokens_after_plc: int = Field(
         description="Visual tokens prefilled after pre-LLM compression (PLC)."

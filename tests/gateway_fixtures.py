@@ -147,7 +147,7 @@ def embedded_engine(server_loop, gateway_model) -> Iterator[EmbeddedEngine]:
     """The session's one in-process vLLM engine: the tiny LLaVA under its CROP architecture,
     built as `crop-server` builds it."""
     config = gateway_config(gateway_model, engine_args=ENGINE_ARGS)
-    geometry = ModelGeometry.load(config.model, config.crop.hf_overrides())
+    geometry = ModelGeometry.load(config.model, config.crop.settings)
     engine = build_engine(config, geometry)
     assert isinstance(engine, EmbeddedEngine)
     server_loop.run(engine.start())
