@@ -165,19 +165,33 @@ def configure_logging(level: str) -> None:
     logging.basicConfig(level=level.upper(), handlers=[handler], force=True)
 
 
-def serve(app: Any, args: argparse.Namespace) -> None:
+def serve(config: GatewayConfig, args: argparse.Namespace) -> int:
+    """Run the gateway until it is stopped (0) or its engine dies (1, so that an orchestrator
+    restarts it)."""
     import uvicorn
 
-    uvicorn.Server(
+    engine_died = False
+
+    def stop_for_engine_death() -> None:
+        nonlocal engine_died
+        engine_died = True
+        server.should_exit = True
+
+    server = uvicorn.Server(
         uvicorn.Config(
-            app,
+            create_app(config, on_engine_death=stop_for_engine_death),
             host=args.host,
             port=args.port,
             log_config=None,
             access_log=False,  # the gateway logs each request with its id
             timeout_graceful_shutdown=args.timeout_graceful_shutdown,
         )
-    ).run()
+    )
+    server.run()
+    if engine_died:
+        logger.error("exiting: the engine died")
+        return 1
+    return 0
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -191,8 +205,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ValueError as exc:
         print(f"crop-server: {exc}", file=sys.stderr)
         return 2
-    serve(create_app(config), args)
-    return 0
+    return serve(config, args)
 
 
 if __name__ == "__main__":

@@ -14,6 +14,7 @@ from crop_vllm.layout import CropMode
 from server.protocol import CropUsage
 
 _LATENCY_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0)
+_OVERHEAD_BUCKETS = (0.0005, 0.001, 0.002, 0.003, 0.005, 0.0075, 0.01, 0.02, 0.05, 0.1, 0.5)
 
 
 class GatewayMetrics:
@@ -70,7 +71,7 @@ class GatewayMetrics:
         )
         self.ttft = Histogram(
             "crop_time_to_first_token_seconds",
-            "From request arrival to the first generated token.",
+            "From request arrival to the first generated token, of streamed chat requests.",
             buckets=_LATENCY_BUCKETS,
             registry=r,
         )
@@ -81,6 +82,46 @@ class GatewayMetrics:
             buckets=_LATENCY_BUCKETS,
             registry=r,
         )
+
+        self.gateway_overhead = Histogram(
+            "crop_gateway_overhead_seconds",
+            "Time a chat request that reached the engine spent in the gateway outside the engine "
+            "call and the localizer (parsing, image loading, accounting, relaying the answer).",
+            buckets=_OVERHEAD_BUCKETS,
+            registry=r,
+        )
+        self.image_token_checks = Counter(
+            "crop_prompt_token_checks",
+            "Served chat requests whose image tokens in the engine's usage.prompt_tokens "
+            "(vLLM's prompt_tokens_details) were compared with the gateway's "
+            "visual_tokens_after_plc: match, mismatch, or unchecked (the engine reports no "
+            "details: run vllm serve with --enable-prompt-tokens-details).",
+            ["result"],
+            registry=r,
+        )
+        self.backend_up = Gauge(
+            "crop_backend_up",
+            "1 while a remote backend serves requests (alive, CROP settings agree).",
+            ["backend"],
+            registry=r,
+        )
+        self.backend_settings_mismatch = Gauge(
+            "crop_backend_settings_mismatch",
+            "1 while a remote backend's CROP settings or model differ from the gateway's "
+            "(it is out of rotation until they agree).",
+            ["backend"],
+            registry=r,
+        )
+
+    def record_backend(self, url: str, up: bool, mismatch: bool) -> None:
+        self.backend_up.labels(url).set(int(up))
+        self.backend_settings_mismatch.labels(url).set(int(mismatch))
+
+    def record_image_token_check(self, engine: int | None, predicted: int) -> bool:
+        """Count the comparison; False when the engine's image tokens differ from `predicted`."""
+        result = "unchecked" if engine is None else "match" if engine == predicted else "mismatch"
+        self.image_token_checks.labels(result).inc()
+        return result != "mismatch"
 
     def record_served(
         self, crop: CropUsage, mode: CropMode, prompt_tokens: int, completion_tokens: int

@@ -93,6 +93,9 @@ class RequestContextMiddleware:
                 self.metrics.in_flight.labels(endpoint).dec()
                 self.metrics.requests.labels(endpoint, state.crop_mode, str(status)).inc()
                 self.metrics.latency.labels(endpoint).observe(elapsed)
+                overhead = state.overhead_seconds(elapsed)
+                if overhead is not None:
+                    self.metrics.gateway_overhead.observe(overhead)
             logger.info("%s %s -> %d in %.3fs", scope["method"], scope["path"], status, elapsed)
             request_id_var.reset(token)
 

@@ -1,10 +1,11 @@
 """The gateway's HTTP contract: pydantic models for requests, responses and errors.
 
 Kept apart from the serving logic so the OpenAPI schema (and the tests that exercise it) describe
-exactly what clients may send and what they get back. The chat models follow OpenAI's Chat
-Completions API; CROP adds the optional request field `crop` and the response field `usage.crop`.
-Unknown request fields are refused (400) rather than silently ignored, so a client never believes
-a parameter took effect when it did not.
+exactly what clients may send and what they get back. The chat models are vLLM's own
+(`server.engines.vllm_api`): every field `vllm serve` accepts is accepted and validated as vLLM
+validates it, and responses are vLLM's. CROP adds the optional request field `crop` and the
+response field `usage.crop`. Fields neither OpenAI nor vLLM knows are refused (400) rather than
+silently ignored, so a client never believes a parameter took effect when it did not.
 """
 
 from __future__ import annotations
@@ -14,6 +15,12 @@ from typing import Annotated, Literal
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, field_validator
 
 from crop_vllm.layout import CropMode, Region
+from server.engines.vllm_api import (
+    ChatCompletionResponse,
+    ChatCompletionStreamResponse,
+    UsageInfo,
+    VllmChatRequest,
+)
 
 #: The plugin's modes, by name.
 CROP_MODES = tuple(mode.value for mode in CropMode)
@@ -22,8 +29,6 @@ CROP_MODES = tuple(mode.value for mode in CropMode)
 REQUEST_MODES = ("auto", *CROP_MODES)
 RequestCropMode = Literal[REQUEST_MODES]  # type: ignore[valid-type]
 AppliedCropMode = Literal[CROP_MODES]  # type: ignore[valid-type]
-
-_INT64_MIN, _INT64_MAX = -(2**63), 2**63 - 1
 
 #: [x0, y0, x1, y1] normalized to the image; x0 <= x1 and y0 <= y1 are checked on top.
 RegionList = Annotated[
@@ -38,53 +43,6 @@ class _Strict(BaseModel):
 # --------------------------------------------------------------------------------------------
 # Requests
 # --------------------------------------------------------------------------------------------
-
-
-class TextPart(_Strict):
-    type: Literal["text"]
-    text: str
-
-
-class ImageURL(_Strict):
-    url: str = Field(description="A `data:image/...;base64,` URL or an http(s) URL.")
-    detail: Literal["auto", "low", "high"] | None = Field(
-        None, description="Accepted for compatibility; the model's own resolution applies."
-    )
-
-
-class ImagePart(_Strict):
-    type: Literal["image_url"]
-    image_url: ImageURL
-
-
-UserContentPart = Annotated[TextPart | ImagePart, Field(discriminator="type")]
-
-
-class SystemMessage(_Strict):
-    role: Literal["system", "developer"]
-    content: str | list[TextPart]
-    name: str | None = None
-
-
-class UserMessage(_Strict):
-    role: Literal["user"]
-    content: str | list[UserContentPart]
-    name: str | None = None
-
-
-class AssistantMessage(_Strict):
-    role: Literal["assistant"]
-    content: str | list[TextPart] | None = None
-    name: str | None = None
-
-
-Message = Annotated[SystemMessage | UserMessage | AssistantMessage, Field(discriminator="role")]
-
-
-class StreamOptions(_Strict):
-    include_usage: bool = Field(
-        False, description="Send a last chunk with `usage` (including `usage.crop`)."
-    )
 
 
 class CropOptions(_Strict):
@@ -130,25 +88,9 @@ class CropOptions(_Strict):
         return self._parsed
 
 
-class ChatCompletionRequest(_Strict):
-    model: str
-    messages: list[Message] = Field(min_length=1)
-    max_tokens: int | None = Field(None, ge=1, description="Deprecated alias of the next field.")
-    max_completion_tokens: int | None = Field(None, ge=1)
-    temperature: float | None = Field(None, ge=0.0, le=2.0)
-    top_p: float | None = Field(None, gt=0.0, le=1.0)
-    seed: int | None = Field(None, ge=_INT64_MIN, le=_INT64_MAX)
-    stop: str | Annotated[list[str], Field(max_length=4)] | None = Field(
-        None, description="Up to 4 stop strings."
-    )
-    n: int = Field(1, ge=1, description="Completions per request (the server sets a maximum).")
-    presence_penalty: float | None = Field(None, ge=-2.0, le=2.0)
-    frequency_penalty: float | None = Field(None, ge=-2.0, le=2.0)
-    logprobs: bool = False
-    top_logprobs: int | None = Field(None, ge=0, le=20)
-    stream: bool = False
-    stream_options: StreamOptions | None = None
-    user: str | None = None
+class ChatCompletionRequest(VllmChatRequest):
+    """vLLM's chat completion request, plus CROP's control."""
+
     crop: CropOptions | None = None
 
 
@@ -205,69 +147,21 @@ class CropUsage(BaseModel):
     images: list[CropImageUsage]
 
 
-class Usage(BaseModel):
-    prompt_tokens: int
-    completion_tokens: int
-    total_tokens: int
+class Usage(UsageInfo):
+    """vLLM's usage, with what CROP did."""
+
     crop: CropUsage
 
 
-class TopLogprob(BaseModel):
-    token: str
-    logprob: float
-    bytes: list[int] | None
+class ChatCompletion(ChatCompletionResponse):
+    """vLLM's chat completion (the gateway's id and model name), with `usage.crop`."""
 
-
-class TokenLogprob(TopLogprob):
-    top_logprobs: list[TopLogprob]
-
-
-class ChoiceLogprobs(BaseModel):
-    content: list[TokenLogprob] | None
-
-
-FinishReason = Literal["stop", "length"]
-
-
-class AssistantReply(BaseModel):
-    role: Literal["assistant"] = "assistant"
-    content: str
-
-
-class Choice(BaseModel):
-    index: int
-    message: AssistantReply
-    logprobs: ChoiceLogprobs | None = None
-    finish_reason: FinishReason | None
-
-
-class ChatCompletion(BaseModel):
-    id: str
-    object: Literal["chat.completion"] = "chat.completion"
-    created: int
-    model: str
-    choices: list[Choice]
     usage: Usage
 
 
-class Delta(BaseModel):
-    role: Literal["assistant"] | None = None
-    content: str | None = None
+class ChatCompletionChunk(ChatCompletionStreamResponse):
+    """vLLM's streamed chunk; the last one carries `usage` with `usage.crop`."""
 
-
-class ChunkChoice(BaseModel):
-    index: int
-    delta: Delta
-    logprobs: ChoiceLogprobs | None = None
-    finish_reason: FinishReason | None = None
-
-
-class ChatCompletionChunk(BaseModel):
-    id: str
-    object: Literal["chat.completion.chunk"] = "chat.completion.chunk"
-    created: int
-    model: str
-    choices: list[ChunkChoice]
     usage: Usage | None = None
 
 
@@ -276,11 +170,18 @@ class ModelCard(BaseModel):
     object: Literal["model"] = "model"
     created: int
     owned_by: str = "crop-serving"
+    root: str | None = Field(None, description="The checkpoint the engine serves.")
+    max_model_len: int | None = Field(None, description="The engine's context length.")
 
 
 class ModelList(BaseModel):
     object: Literal["list"] = "list"
     data: list[ModelCard]
+
+
+class Version(BaseModel):
+    version: str = Field(description="This gateway's (crop-serving's) version.")
+    vllm: list[str] = Field(description="The vLLM versions serving (the backends' own).")
 
 
 class Health(BaseModel):

@@ -24,6 +24,16 @@ class RequestState:
     client_gone: bool = False
     #: The status of a stream that failed after its 200 was sent.
     stream_status: int | None = None
+    #: Seconds spent waiting for the engine's answers (None: the engine was never called).
+    engine_seconds: float | None = None
+    #: Seconds of the localization stage.
+    localizer_seconds: float = 0.0
+
+    def overhead_seconds(self, elapsed: float) -> float | None:
+        """The gateway's own share of `elapsed`: outside the engine call and the localizer."""
+        if self.engine_seconds is None:
+            return None
+        return max(elapsed - self.engine_seconds - self.localizer_seconds, 0.0)
 
     def attach(self, scope: Scope) -> None:
         scope.setdefault("state", {})[_KEY] = self

@@ -11,7 +11,8 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from server.deps import GUARDED, GatewayDep, authenticate
 from server.disconnect import EventStream, aclose, until_disconnect
-from server.engines import EngineError, EngineEvent
+from server.engines import EngineError
+from server.engines import Response as EngineResponse
 from server.errors import APIError
 from server.pipeline import Prepared
 from server.preview import preview_response
@@ -22,9 +23,11 @@ from server.protocol import (
     Health,
     ModelCard,
     ModelList,
+    Version,
 )
 from server.request_state import RequestState
-from server.serving_chat import ChatCompletionResponder, api_error
+from server.serving_chat import ChatCompletionResponder, api_error, timed
+from server.version import CROP_SERVING_VERSION
 
 router = APIRouter()
 
@@ -59,27 +62,28 @@ async def chat_completions(
 ) -> Response:
     state = RequestState.of(request.scope)
     state.crop_mode = gw.pipeline.requested_mode(body)
+    gw.check_serving()
 
-    async def start() -> tuple[Prepared, AsyncIterator[EngineEvent], EngineEvent | None]:
+    async def start() -> tuple[Prepared, AsyncIterator[EngineResponse], EngineResponse | None]:
         prepared = await gw.pipeline.prepare(body, state.request_id)
-        events = gw.engine.generate(prepared.engine_request)
+        state.localizer_seconds = prepared.crop_usage.localizer_seconds
+        answers = timed(gw.engine.generate(prepared.engine_request), state)
         try:
-            # The first event surfaces the engine's refusals as proper HTTP errors.
-            first = await anext(events, None)
+            # The first answer surfaces the engine's refusals as proper HTTP errors.
+            first = await anext(answers, None)
         except EngineError as exc:
-            await aclose(events)
+            await aclose(answers)
             raise api_error(exc) from None
         except BaseException:
-            await aclose(events)
+            await aclose(answers)
             raise
-        return prepared, events, first
+        return prepared, answers, first
 
-    prepared, events, first = await until_disconnect(request, start())
-    responder = ChatCompletionResponder(gw, prepared, body, state)
+    prepared, answers, first = await until_disconnect(request, start())
+    responder = ChatCompletionResponder(gw, prepared, state)
     if body.stream:
-        return EventStream(responder.sse(first, events), state)
-    result = await until_disconnect(request, responder.collect(first, events))
-    return JSONResponse(result.model_dump())
+        return EventStream(responder.sse(first, answers), state)
+    return JSONResponse(await until_disconnect(request, responder.collect(first, answers)))
 
 
 @router.post(
@@ -103,6 +107,7 @@ async def crop_preview(
 ) -> Response:
     state = RequestState.of(request.scope)
     state.crop_mode = gw.pipeline.requested_mode(body)
+    gw.check_serving()
     prepared = await until_disconnect(request, gw.pipeline.prepare(body, state.request_id))
     count = len(prepared.engine_request.images)
     if image >= count:
@@ -122,7 +127,21 @@ async def crop_preview(
     dependencies=[Depends(authenticate)],
 )
 async def list_models(gw: GatewayDep) -> ModelList:
-    return ModelList(data=[ModelCard(id=gw.config.model_name, created=gw.created)])
+    """The model clients name: what the engine (or its backends) serves, under the gateway's
+    name."""
+    served = await gw.engine.served_model()
+    card = ModelCard(
+        id=gw.config.model_name,
+        created=gw.created,
+        root=served.root,
+        max_model_len=served.max_model_len,
+    )
+    return ModelList(data=[card])
+
+
+@router.get("/version", response_model=Version)
+async def version(gw: GatewayDep) -> Version:
+    return Version(version=CROP_SERVING_VERSION, vllm=gw.engine.vllm_versions())
 
 
 @router.get("/health", response_model=Health, responses={503: {"model": Health}})

@@ -65,7 +65,9 @@ def test_a_pruned_request_and_a_refused_one_move_the_counters_exactly(gateway, c
     assert delta("crop_images_total", source="client") == 1
     assert delta("crop_localization_seconds_count") == 1
     assert delta("crop_localization_batch_size_sum") == 0  # the client's region: nothing to find
-    assert delta("crop_time_to_first_token_seconds_count") == 1
+    assert delta("crop_time_to_first_token_seconds_count") == 0  # only streams are timed
+    assert delta("crop_prompt_token_checks_total", result="match") == 1
+    assert delta("crop_gateway_overhead_seconds_count") == 1  # the refused one met no engine
     assert delta("crop_request_duration_seconds_count", endpoint="chat") == 2
     assert scrape(gateway)[("crop_requests_in_flight", (("endpoint", "chat"),))] == 0
 
@@ -88,6 +90,7 @@ def test_a_streamed_request_without_crop_counts_its_full_visual_tokens(gateway, 
     assert delta("crop_visual_tokens_saved_total") == 0
     assert delta("crop_localization_seconds_count") == 0  # mode off: no localization stage
     assert delta("crop_completion_tokens_total") == 3
+    assert delta("crop_time_to_first_token_seconds_count") == 1
 
 
 def test_an_unreadable_body_counts_with_mode_unknown(gateway, http):
