@@ -49,6 +49,13 @@ class CropSettings:
     enable_ilp: bool = field(
         default=False, metadata={"help": "allow the `ilp` and `plc+ilp` modes"}
     )
+    ilp_compact_kv: bool = field(
+        default=True,
+        metadata={
+            "help": "with ILP, layers >= K hold KV only for the kept tokens (frees the dropped "
+            "tokens' KV memory; false: full allocation, ILP saves compute only)"
+        },
+    )
     default_mode: CropMode = field(
         default=CropMode.PLC,
         metadata={"help": "mode used when a request gives regions but no mode"},
@@ -142,6 +149,12 @@ class ImagePlan:
     @property
     def plc_region(self) -> Region | None:
         return self.region if self.mode.uses_plc else None
+
+    def without_ilp(self) -> ImagePlan | None:
+        """The same plan with inner-LLM pruning left out (None when nothing remains)."""
+        if self.mode is CropMode.PLC_ILP:
+            return ImagePlan(CropMode.PLC, self.region)
+        return self if self.mode is CropMode.PLC else None
 
 
 def _parse_mode(value: object, key: str = "crop_mode") -> CropMode:

@@ -47,6 +47,7 @@ class ReferenceILP(ReferencePLC):
                 position += 1
             mask[position : position + len(image_mask)] = image_mask
             position += len(image_mask)
+        mask[-1] = True  # the token the first output is sampled from is never dropped
         return mask
 
     def _run_layers(self, embeds: torch.Tensor, positions: torch.Tensor, keep: torch.Tensor):

@@ -1,7 +1,12 @@
-"""ILP inside real vLLM engines (CPU attention backend): reference equivalence, identity, refusal.
+"""ILP inside real vLLM engines: reference equivalence, identity, metadata isolation, refusals.
 
-One ILP engine per family (chunked prefill forced to 64-token chunks, so every image spans
-chunks), shared by the tests of that family; one stock-configured refusal check.
+One ILP engine per family and attention backend (chunked prefill forced to 64-token chunks, so
+every image spans chunks and LLaVA-NeXT's border and one-cell regions give chunks that keep no
+token), shared by the tests of that engine. Two backends run on CPU: CPU_ATTN and, through the
+test-only adaptations in `tests/flex_on_cpu.py`, FLEX_ATTENTION, whose metadata builder keeps
+persistent state (the class of backend, with FlashInfer, where ILP's metadata build could
+overwrite the stock one). Every ILP engine runs the stock-metadata invariant check of
+`tests/ilp_probe.py`.
 """
 
 from __future__ import annotations
@@ -29,17 +34,35 @@ from tests.reference_ilp import ReferenceILP
 pytestmark = pytest.mark.engine
 
 ARCHES = ("llava", "qwen2_5_vl", "llava_next")
+#: Backend -> the worker extension its engines load (FLEX needs the CPU adaptations).
+BACKENDS = {
+    "CPU_ATTN": "tests.ilp_probe.IlpProbe",
+    "FLEX_ATTENTION": "tests.flex_on_cpu.FlexOnCpu",
+}
 ILP_OVERRIDES = {"crop_enable_ilp": True}
 #: Small chunks: every image's placeholders span several prefill steps.
 CHUNK_TOKENS = 64
+#: Pruning must move the reference's log-probs by far more than the engine may differ from it.
+PRUNING_EFFECT = 10 * LOGPROB_TOLERANCE
+#: What summation order alone may change in float32 log-probs.
+FLOAT_NOISE = 1e-4
 
 
-@pytest.fixture(scope="module", params=ARCHES)
-def arch(request):
+@pytest.fixture(
+    scope="module",
+    params=[(arch, backend) for backend in BACKENDS for arch in ARCHES],
+    ids=lambda case: "-".join(case),
+)
+def case(request):
     return request.param
 
 
-def make_ilp_llm(tiny_checkpoint, arch: str, **engine_args):
+@pytest.fixture(scope="module")
+def arch(case):
+    return case[0]
+
+
+def make_ilp_llm(tiny_checkpoint, arch: str, backend: str = "CPU_ATTN", **engine_args):
     """An ILP engine on `arch`'s tiny checkpoint, prefill forced into CHUNK_TOKENS-token chunks."""
     return make_llm(
         tiny_checkpoint(arch),
@@ -48,15 +71,20 @@ def make_ilp_llm(tiny_checkpoint, arch: str, **engine_args):
         enable_prefix_caching=False,
         enable_chunked_prefill=True,
         max_num_batched_tokens=CHUNK_TOKENS,
+        attention_backend=backend,
+        worker_extension_cls=BACKENDS[backend],
         **engine_args,
     )
 
 
 @pytest.fixture(scope="module")
-def ilp_engine(arch, tiny_checkpoint, crop_engine):
-    """An ILP engine for `arch` (the session's CROP engine is shut down first: one at a time)."""
+def ilp_engine(case, tiny_checkpoint, crop_engine):
+    """An ILP engine for the case (the session's CROP engine is shut down first: one at a time).
+    FLEX on CPU materializes query x cached keys, so its KV cache stays small."""
+    arch, backend = case
     crop_engine(None)
-    llm = make_ilp_llm(tiny_checkpoint, arch)
+    extra = {"num_gpu_blocks_override": 48} if backend == "FLEX_ATTENTION" else {}
+    llm = make_ilp_llm(tiny_checkpoint, arch, backend, **extra)
     yield llm
     shutdown(llm)
 
@@ -104,12 +132,29 @@ def check_against_reference(reference, arch, images, name, output):
     mode, regions = CASES[name]
     count = 1 if regions is None else len(regions)
     plans = [plan(mode, r) for r in (regions or [None])]
+    prompt = list(output.prompt_token_ids)
     expected = reference.generate_ilp(
-        list(output.prompt_token_ids), images[:count], plans, len(output.outputs[0].token_ids)
+        prompt, images[:count], plans, len(output.outputs[0].token_ids)
     )
     assert list(output.outputs[0].token_ids) == expected.token_ids, name
     worst = max(abs(a - b) for a, b in zip(chosen_logprobs(output), expected.logprobs, strict=True))
     assert worst < LOGPROB_TOLERANCE, (name, worst)
+    if any(p is not None and p.mode.uses_ilp for p in plans):
+        # Layers >= K see fewer tokens: the reference without ILP must answer differently, or
+        # this comparison could not tell ILP from no pruning at all.
+        unpruned = reference.generate_ilp(
+            prompt, images[:count], [None if p is None else p.without_ilp() for p in plans], 16
+        )
+        assert differs(expected, unpruned), name
+
+
+def differs(first, second) -> bool:
+    """Whether two generations differ by far more than the engine-vs-reference tolerance."""
+    if first.token_ids != second.token_ids:
+        return True
+    return max(abs(a - b) for a, b in zip(first.logprobs, second.logprobs, strict=True)) > (
+        PRUNING_EFFECT
+    )
 
 
 def test_mixed_batch_matches_the_reference(arch, tiny_checkpoint, ilp_engine, images):
@@ -122,7 +167,19 @@ def test_mixed_batch_matches_the_reference(arch, tiny_checkpoint, ilp_engine, im
     reference = ReferenceILP(arch, tiny_checkpoint(arch), CropSettings(enable_ilp=True))
     for name, output in zip(names, outputs, strict=False):
         check_against_reference(reference, arch, images, name, output)
-    assert len(outputs[-1].outputs[0].token_ids) == 16
+    (text_alone,) = greedy(ilp_engine, [text_only])
+    assert text_alone.outputs[0].token_ids == outputs[-1].outputs[0].token_ids
+
+
+def test_the_ilp_build_leaves_the_stock_metadata_untouched(arch, ilp_engine, images):
+    """Every tensor the stock step's metadata holds is bit-identical after ILP built its own
+    metadata in the same step (numerics-free: it fails on a shared stateful builder)."""
+    (before,) = ilp_engine.collective_rpc("ilp_probe_report")
+    greedy(ilp_engine, [make_request(arch, images, n) for n in ("ilp-border", "no-crop")])
+    (after,) = ilp_engine.collective_rpc("ilp_probe_report")
+    assert after["checks"] > before["checks"]
+    assert after["tensors"] > before["tensors"]
+    assert after["violations"] == []
 
 
 def test_each_request_alone_matches_its_run_in_the_batch(arch, ilp_engine, images):
@@ -136,7 +193,8 @@ def test_each_request_alone_matches_its_run_in_the_batch(arch, ilp_engine, image
 
 def test_full_image_region_gives_exactly_the_unpruned_output(arch, ilp_engine, images):
     """Nothing lies outside the full image: ILP drops nothing and the step is the stock one
-    (each run alone, so that both see the same batch shape and kernels bit for bit)."""
+    (each run alone, so that both see the same batch shape; FLEX sums over the KV cache in
+    physical block order, so its two runs may differ by float noise)."""
     question = "What is on the left side?"
     region = [FULL_IMAGE.as_list()]
     (full,) = greedy(
@@ -144,7 +202,7 @@ def test_full_image_region_gives_exactly_the_unpruned_output(arch, ilp_engine, i
     )
     (plain,) = greedy(ilp_engine, [request(arch, [images[0]], question)])
     assert full.outputs[0].token_ids == plain.outputs[0].token_ids
-    assert chosen_logprobs(full) == chosen_logprobs(plain)
+    assert chosen_logprobs(full) == pytest.approx(chosen_logprobs(plain), abs=FLOAT_NOISE)
 
 
 def test_layer_beyond_the_last_leaves_the_model_stock():
@@ -164,9 +222,40 @@ def test_layer_beyond_the_last_leaves_the_model_stock():
     [
         ({"enable_prefix_caching": True}, "no-enable-prefix-caching"),
         ({"enable_prefix_caching": False, "enforce_eager": False}, "enforce-eager"),
+        ({"enable_prefix_caching": False, "enable_lora": True}, "remove --enable-lora"),
+        (
+            {"enable_prefix_caching": False, "kv_transfer_config": {"kv_connector": "x"}},
+            "remove --kv-transfer-config",
+        ),
+        ({"enable_prefix_caching": False, "kv_offloading_size": 1.0}, "--kv-offloading-size"),
+        ({"enable_prefix_caching": False, "attention_backend": "TREE_ATTN"}, "TREE_ATTN"),
+        (
+            {"enable_prefix_caching": False, "disable_hybrid_kv_cache_manager": True},
+            "remove --disable-hybrid-kv-cache-manager",
+        ),
+        (
+            {"enable_prefix_caching": False, "scheduler_cls": "my.Scheduler"},
+            "'my.Scheduler': remove it",
+        ),
+        (
+            {"enable_prefix_caching": False, "mm_processor_cache_type": "shm"},
+            "--mm-processor-cache-type lru",
+        ),
+    ],
+    ids=[
+        "prefix-caching",
+        "compiled",
+        "lora",
+        "kv-connector",
+        "kv-offloading",
+        "backend",
+        "no-hybrid-kv-manager",
+        "foreign-scheduler",
+        "shm-mm-cache",
     ],
 )
 def test_unsafe_engine_settings_are_refused_at_startup(overrides, message, tiny_checkpoint):
+    """Each setting ILP cannot run under stops the engine before it starts, naming the fix."""
     from vllm import LLM
 
     kwargs = {
@@ -183,13 +272,15 @@ def test_unsafe_engine_settings_are_refused_at_startup(overrides, message, tiny_
 
 def test_preempted_ilp_requests_recompute_to_the_reference(tiny_checkpoint, crop_engine, images):
     """A KV cache of a few 128-token blocks: four ILP requests that each outgrow one block
-    preempt each other; after recompute every one still equals the uninterrupted reference."""
+    preempt each other; after recompute every one still equals the uninterrupted reference.
+    With the KV saving a block holds the layers of one of two groups, so 10 of them hold the
+    bytes of 5 stock blocks."""
     arch = "llava"
     crop_engine(None)
     llm = make_ilp_llm(
         tiny_checkpoint,
         arch,
-        num_gpu_blocks_override=5,
+        num_gpu_blocks_override=10,
         max_model_len=512,
         disable_log_stats=False,
     )

@@ -61,6 +61,7 @@ def test_prefill_and_decode_compaction():
     assert step.kept_rows.tolist() == [0, 1, 4, 6, 7, 8]
     assert step.kept_compact_positions.tolist() == [0, 1, 2, 3, 4, 9]
     assert step.kept_request.tolist() == [0, 0, 0, 0, 0, 1]
+    assert step.requests.tolist() == [0, 1]
     assert step.query_start_loc.tolist() == [0, 5, 6]
     assert step.seq_lens.tolist() == [5, 10]
     # Its next decode step: position 8 sits at compacted position 5.
@@ -68,10 +69,22 @@ def test_prefill_and_decode_compaction():
     assert step.kept_compact_positions.tolist() == [5] and step.seq_lens.tolist() == [6]
 
 
-def test_a_chunk_of_only_dropped_tokens_has_an_empty_query():
+def test_a_step_of_only_dropped_tokens_keeps_no_request():
     step = compact_step([np.arange(4, 12)], np.array([4]), np.array([4]))
     assert step.num_tokens == 0
-    assert step.query_start_loc.tolist() == [0, 0] and step.seq_lens.tolist() == [4]
+    assert step.requests.tolist() == [] and step.query_start_loc.tolist() == [0]
+
+
+def test_a_request_without_kept_tokens_leaves_the_compacted_batch():
+    """Request 1's chunk lies inside its dropped run: attention must never see its empty
+    query, so the compacted batch holds requests 0 and 2 only."""
+    drops = [np.array([1]), np.arange(4, 12), np.zeros(0, np.int64)]
+    step = compact_step(drops, np.array([0, 4, 7]), np.array([3, 4, 1]))
+    assert step.requests.tolist() == [0, 2]
+    assert step.kept_rows.tolist() == [0, 2, 7]
+    assert step.kept_request.tolist() == [0, 0, 2]
+    assert step.query_start_loc.tolist() == [0, 2, 3]
+    assert step.seq_lens.tolist() == [2, 8]
 
 
 @given(
@@ -95,5 +108,6 @@ def test_chunks_compact_like_the_whole_prompt(keep, chunk_sizes):
             kept = [p for p in range(start, start + size) if keep[p]]
             assert step.kept_rows.tolist() == [p - start for p in kept]
             assert step.kept_compact_positions.tolist() == [expected[p] for p in kept]
-            assert step.seq_lens.tolist() == [int(np.sum(keep[: start + size]))]
+            compacted_length = [int(np.sum(keep[: start + size]))] if kept else []
+            assert step.seq_lens.tolist() == compacted_length
         start += size

@@ -12,20 +12,76 @@ from vllm.multimodal.inputs import MultiModalFeatureSpec
 from crop_vllm.ilp.decoder import DecoderSplit
 from crop_vllm.ilp.drops import request_drops
 from crop_vllm.ilp.patches import runner
+from crop_vllm.ilp.requirements import SUPPORTED_BACKENDS, unsupported_backends
 from crop_vllm.options import CropSettings
 
 logger = init_logger(__name__)
+
+
+def _check_backends(layers: nn.ModuleList) -> None:
+    """Refuse, while the engine loads the model, an attention backend ILP is not tested on (the
+    backend is chosen per layer in the worker, so the config check cannot see it)."""
+    from vllm.model_executor.layers.attention.attention import Attention
+
+    names = {
+        module.get_attn_backend().get_name()
+        for module in layers.modules()
+        if isinstance(module, Attention)
+    }
+    unsupported = unsupported_backends(names)
+    if unsupported:
+        raise ValueError(
+            f"CROP inner-LLM pruning is not tested on the {', '.join(unsupported)} attention "
+            f"backend: pick one of {', '.join(sorted(SUPPORTED_BACKENDS))} with "
+            "--attention-backend, or turn ILP off (crop_enable_ilp=false)"
+        )
+
+
+def _hybrid_kv_cache_manager_on() -> bool:
+    """Whether the engine kept vLLM's hybrid KV-cache manager, which the KV saving needs. vLLM
+    turns it off by itself in some configurations, after the config check ran: ILP then keeps
+    full allocation (saving compute only) rather than fail."""
+    from vllm.config import get_current_vllm_config
+
+    if not get_current_vllm_config().scheduler_config.disable_hybrid_kv_cache_manager:
+        return True
+    logger.warning_once(
+        "CROP ILP: vLLM turned its hybrid KV-cache manager off, so layers >= K keep a KV slot "
+        "for every token (ILP saves compute, not KV memory)"
+    )
+    return False
+
+
+def _install_kv_specs(layers: nn.ModuleList, first_pruned: int) -> None:
+    """Make the attention layers of `layers` report ILP's KV spec: compacted from K on."""
+    from vllm.model_executor.layers.attention.attention import Attention
+
+    from crop_vllm.ilp.kv import ilp_spec
+
+    for index, layer in enumerate(layers):
+        for module in layer.modules():
+            if isinstance(module, Attention):
+                stock = module.get_kv_cache_spec
+
+                def spec(vllm_config, stock=stock, compacted=index >= first_pruned):  # type: ignore[no-untyped-def]
+                    return ilp_spec(stock(vllm_config), compacted)
+
+                module.get_kv_cache_spec = spec
 
 
 class IlpController:
     """Splits the decoder at layer K and tells the runner which prompt positions a request drops."""
 
     def __init__(self, layers: nn.ModuleList, settings: CropSettings, hf_config: object) -> None:
+        _check_backends(layers)
         runner.apply()
         self.layer = settings.ilp_layer
         self.settings = settings
         self.hf_config = hf_config
         self.split = DecoderSplit(layers, settings.ilp_layer)
+        self.compact_kv = settings.ilp_compact_kv and _hybrid_kv_cache_manager_on()
+        if self.compact_kv:
+            _install_kv_specs(layers, settings.ilp_layer)
 
     @classmethod
     def maybe_create(
@@ -43,6 +99,8 @@ class IlpController:
             return None
         return cls(layers, settings, hf_config)
 
-    def request_drops(self, mm_features: Sequence[MultiModalFeatureSpec]) -> np.ndarray:
+    def request_drops(
+        self, mm_features: Sequence[MultiModalFeatureSpec], num_prompt_tokens: int
+    ) -> np.ndarray:
         """Sorted prompt positions that layers >= K drop for one request."""
-        return request_drops(mm_features, self.hf_config, self.settings)
+        return request_drops(mm_features, num_prompt_tokens, self.hf_config, self.settings)

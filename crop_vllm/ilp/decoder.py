@@ -15,12 +15,16 @@ the loop when a step carries an `IlpStep`:
   layer K-1 values: they are image placeholders, never sampled (a chunk whose last token is one
   is a partial prefill whose sample vLLM discards).
 
+A step that keeps no token at all (a prefill chunk inside a dropped run) skips layers >= K: their
+`forward` passes its inputs through, so no kernel ever runs on an empty batch.
+
 Steps without an `IlpStep` (no ILP request in the batch, profiling and dummy runs) go through
 untouched.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
@@ -35,7 +39,7 @@ class _Entered:
     """What the split saved on entering layer K, to undo on leaving the last layer."""
 
     step: IlpStep
-    positions: torch.Tensor
+    positions: torch.Tensor | None
     attn_metadata: object
     slot_mapping: object
     hidden_states: torch.Tensor
@@ -53,15 +57,33 @@ class DecoderSplit:
         layers[first_pruned].register_forward_pre_hook(self._enter)
         for layer in layers[first_pruned + 1 :]:
             layer.register_forward_pre_hook(self._continue)
+        for layer in layers[first_pruned:]:
+            layer.forward = self._skippable(layer.forward)
         layers[len(layers) - 1].register_forward_hook(self._leave)
+
+    def _skippable(self, forward: Callable[..., tuple]) -> Callable[..., tuple]:
+        def run_or_skip(positions, hidden_states, residual, *args, **kwargs):  # type: ignore[no-untyped-def]
+            entered = self._entered
+            if entered is None or entered.step.kept_rows is not None:
+                return forward(positions, hidden_states, residual, *args, **kwargs)
+            if residual is None:  # K = 0: the final norm then sees the embeddings
+                residual = torch.zeros_like(hidden_states)
+            return hidden_states, residual
+
+        return run_or_skip
 
     def _enter(self, module: nn.Module, args: tuple) -> tuple | None:
         step = current_step()
         if step is None:
             return None
         positions, hidden_states, residual = args
-        rows = step.kept_rows
         context = get_forward_context()
+        if step.kept_rows is None:
+            self._entered = _Entered(
+                step, None, context.attn_metadata, context.slot_mapping, hidden_states, residual
+            )
+            return None
+        rows = step.kept_rows
         self._entered = _Entered(
             step,
             positions[..., rows],
@@ -80,7 +102,7 @@ class DecoderSplit:
         )
 
     def _continue(self, module: nn.Module, args: tuple) -> tuple | None:
-        if self._entered is None:
+        if self._entered is None or self._entered.positions is None:
             return None
         _, hidden_states, residual = args
         return (self._entered.positions, hidden_states, residual)
@@ -92,8 +114,10 @@ class DecoderSplit:
         context = get_forward_context()
         context.attn_metadata = entered.attn_metadata
         context.slot_mapping = entered.slot_mapping  # type: ignore[assignment]
-        hidden_states, residual = output
         rows = entered.step.kept_rows
+        if rows is None:
+            return None
+        hidden_states, residual = output
         # With K = 0 there is no residual yet: dropped rows then carry their embeddings.
         residual_before = entered.hidden_states if entered.residual is None else entered.residual
         return (

@@ -19,9 +19,16 @@ from crop_vllm.options import CropSettings
 
 
 def request_drops(
-    mm_features: Sequence[MultiModalFeatureSpec], hf_config: object, settings: CropSettings
+    mm_features: Sequence[MultiModalFeatureSpec],
+    num_prompt_tokens: int,
+    hf_config: object,
+    settings: CropSettings,
 ) -> np.ndarray:
-    """Sorted prompt positions that layers >= K drop for one request (empty: none)."""
+    """Sorted prompt positions that layers >= K drop for one request (empty: none).
+
+    The last prompt token is never dropped, even when it is an image placeholder (a raw prompt
+    that ends with an image): the first output token is sampled from its final hidden state.
+    """
     placements = []
     for feature in mm_features:
         data = feature.data
@@ -43,4 +50,5 @@ def request_drops(
                 f"{len(mask)}: the processor and the ILP plan disagree"
             )
         placements.append((positions, mask))
-    return dropped_positions(placements)
+    drops = dropped_positions(placements)
+    return drops[drops < num_prompt_tokens - 1]

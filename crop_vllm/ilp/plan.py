@@ -74,17 +74,24 @@ def dropped_positions(placements: Sequence[tuple[Sequence[int], Sequence[bool]]]
 
 @dataclass(frozen=True)
 class StepCompaction:
-    """How one engine step's tokens shrink for layers >= K (arrays over the step's token rows)."""
+    """How one engine step's tokens shrink for layers >= K.
+
+    Only requests that keep at least one token in the step take part in the compacted batch
+    (a prefill chunk inside a dropped run keeps none): attention kernels never see an empty
+    query, and a step that keeps no token at all has `num_tokens == 0`.
+    """
 
     #: Rows of the step's flattened tokens that layers >= K process, ascending.
     kept_rows: np.ndarray
-    #: Request index (in the batch) of each kept row.
+    #: Batch index of the request each kept row belongs to.
     kept_request: np.ndarray
     #: Compacted KV position c(p) of each kept row.
     kept_compact_positions: np.ndarray
-    #: Compacted query start offsets, (num_reqs + 1,), int32.
+    #: Batch indices of the requests with kept rows, ascending: the compacted batch.
+    requests: np.ndarray
+    #: Compacted query start offsets over `requests`, (len(requests) + 1,), int32.
     query_start_loc: np.ndarray
-    #: Compacted sequence lengths after this step, (num_reqs,), int32.
+    #: Compacted sequence lengths of `requests` after this step, int32.
     seq_lens: np.ndarray
 
     @property
@@ -102,7 +109,7 @@ def compact_step(
     """
     if all(len(d) == 0 for d in drops):
         return None
-    rows, requests, positions, query_lens, seq_lens = [], [], [], [], []
+    rows, owners, positions, query_lens, seq_lens, requests = [], [], [], [], [], []
     row_start = 0
     for index, (dropped, start, count) in enumerate(
         zip(drops, num_computed.tolist(), num_scheduled.tolist(), strict=True)
@@ -114,19 +121,24 @@ def compact_step(
             hit = np.minimum(before, len(dropped) - 1)
             is_dropped = dropped[hit] == token_positions
         kept = np.flatnonzero(~is_dropped)
-        rows.append(row_start + kept)
-        requests.append(np.full(len(kept), index, dtype=np.int64))
+        row_start += count
+        if len(kept) == 0:
+            continue
+        rows.append(row_start - count + kept)
+        owners.append(np.full(len(kept), index, dtype=np.int64))
         positions.append(token_positions[kept] - before[kept])
         query_lens.append(len(kept))
         end = start + count
         seq_lens.append(end - int(np.searchsorted(dropped, end, side="left")))
-        row_start += count
-    query_start_loc = np.zeros(len(drops) + 1, dtype=np.int32)
+        requests.append(index)
+    query_start_loc = np.zeros(len(requests) + 1, dtype=np.int32)
     np.cumsum(query_lens, out=query_start_loc[1:])
+    empty = np.zeros(0, dtype=np.int64)
     return StepCompaction(
-        kept_rows=np.concatenate(rows).astype(np.int64),
-        kept_request=np.concatenate(requests),
-        kept_compact_positions=np.concatenate(positions).astype(np.int64),
+        kept_rows=np.concatenate(rows or [empty]).astype(np.int64),
+        kept_request=np.concatenate(owners or [empty]),
+        kept_compact_positions=np.concatenate(positions or [empty]).astype(np.int64),
+        requests=np.asarray(requests, dtype=np.int64),
         query_start_loc=query_start_loc,
         seq_lens=np.asarray(seq_lens, dtype=np.int32),
     )

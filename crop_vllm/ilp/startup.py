@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING
 
 from vllm.model_executor.models.config import VerifyAndUpdateConfig
 
+from crop_vllm.ilp.requirements import COMPACT_KV_SCHEDULER, SUPPORTED_BACKENDS
 from crop_vllm.options import CropSettings
 
 if TYPE_CHECKING:
@@ -65,6 +66,51 @@ def ilp_problems(vllm_config: VllmConfig) -> list[str]:
         )
     if vllm_config.cache_config.kv_sharing_fast_prefill:
         problems.append("--kv-sharing-fast-prefill is not supported with ILP")
+    if vllm_config.lora_config is not None:
+        problems.append(
+            "LoRA maps adapters per scheduled token while layers >= K see only the kept "
+            "tokens: remove --enable-lora"
+        )
+    if (
+        vllm_config.kv_transfer_config is not None
+        or vllm_config.cache_config.kv_offloading_size is not None
+    ):
+        problems.append(
+            "KV connectors (disaggregated prefill, KV offloading) would ship the compacted KV of "
+            "layers >= K as if it were full: remove --kv-transfer-config / --kv-offloading-size"
+        )
+    backend = vllm_config.attention_config.backend
+    if backend is not None and backend.name not in SUPPORTED_BACKENDS:
+        problems.append(
+            f"ILP is not tested on the {backend.name} attention backend: use one of "
+            f"{', '.join(sorted(SUPPORTED_BACKENDS))}"
+        )
+    return problems
+
+
+def compact_kv_problems(vllm_config: VllmConfig) -> list[str]:
+    """What to change so that layers >= K can hold only the kept tokens' KV (empty: fine)."""
+    problems = []
+    if vllm_config.scheduler_config.disable_hybrid_kv_cache_manager is True:
+        problems.append(
+            "the saving puts layers < K and >= K in separate KV-cache groups of vLLM's hybrid "
+            "KV-cache manager: remove --disable-hybrid-kv-cache-manager"
+        )
+    scheduler = vllm_config.scheduler_config.scheduler_cls
+    if scheduler is not None and scheduler != COMPACT_KV_SCHEDULER:
+        problems.append(
+            f"the saving needs CROP's scheduler, but --scheduler-cls is {scheduler!r}: remove it"
+        )
+    multimodal = vllm_config.model_config.multimodal_config
+    if (
+        multimodal is not None
+        and multimodal.mm_processor_cache_type == "shm"
+        and multimodal.mm_processor_cache_gb > 0
+    ):
+        problems.append(
+            "the scheduler reads each image's CROP plan from its multimodal features, which the "
+            "shared-memory processor cache hides: use --mm-processor-cache-type lru"
+        )
     return problems
 
 
@@ -89,6 +135,16 @@ class CropConfig(VerifyAndUpdateConfig):
             )
         # Cascade attention would share a prefix across requests whose layers >= K differ.
         vllm_config.model_config.disable_cascade_attn = True
+        if settings.ilp_compact_kv:
+            problems = compact_kv_problems(vllm_config)
+            if problems:
+                raise ValueError(
+                    "CROP's ILP KV saving (crop_ilp_compact_kv=true, the default with ILP) "
+                    "cannot run with these engine settings:\n- "
+                    + "\n- ".join(problems)
+                    + "\nor turn the saving off with crop_ilp_compact_kv=false"
+                )
+            vllm_config.scheduler_config.scheduler_cls = COMPACT_KV_SCHEDULER
 
 
 def register(architectures: list[str]) -> None:

@@ -14,9 +14,10 @@ FORWARD_CONTEXT_KEY = "crop_ilp"
 
 @dataclass(frozen=True)
 class IlpStep:
-    """Layers >= K run on `kept_rows` of the step's tokens, with this metadata and these slots."""
+    """Layers >= K run on `kept_rows` of the step's tokens, with this metadata and these slots;
+    `kept_rows` None: the step keeps no token, layers >= K do not run."""
 
-    kept_rows: torch.Tensor
+    kept_rows: torch.Tensor | None
     #: Attention layer name -> backend metadata built for the kept tokens.
     attn_metadata: dict[str, Any]
     #: Attention layer name -> KV slot of each kept token (compacted positions).

@@ -7,13 +7,22 @@ metadata was built. Dummy and profiling runs call the model directly, not throug
 
 When the model is a CROP model with ILP on (`model.crop_ilp`), the patch computes the step's
 compaction (`crop_vllm.ilp.plan.compact_step`) from each request's dropped prompt positions,
-rebuilds attention metadata for the kept tokens through each attention group's own metadata
-builder (compacted query_start_loc / seq_lens, slots read from the request's block table at the
-compacted positions), and hands both to the model in `ForwardContext.additional_kwargs`.
+builds attention metadata for the kept tokens (compacted query_start_loc / seq_lens, slots read
+from each request's block table at the compacted positions) and hands both to the model in
+`ForwardContext.additional_kwargs`.
+
+The kept tokens' metadata comes from metadata builders of ILP's own, one per attention group
+(`IlpRunnerState`): several backends keep state in their builder (FlashInfer's planned wrappers
+and paged-KV buffers, FlexAttention's persistent tensors) that the metadata they return points
+to, so building twice with the stock builder would make layers < K run with the kept tokens'
+metadata. Only requests that keep a token in the step enter that metadata; a step that keeps
+none runs layers >= K not at all.
 """
 
 from __future__ import annotations
 
+import weakref
+from dataclasses import replace
 from typing import Any
 
 import numpy as np
@@ -23,9 +32,12 @@ from vllm.logger import init_logger
 from vllm.v1.attention.backend import CommonAttentionMetadata
 from vllm.v1.kv_cache_interface import FullAttentionSpec
 from vllm.v1.worker.gpu_model_runner import GPUModelRunner
+from vllm.v1.worker.utils import AttentionGroup
 
+from crop_vllm.ilp.kv import IlpAttentionSpec
 from crop_vllm.ilp.plan import StepCompaction, compact_step
 from crop_vllm.ilp.step import FORWARD_CONTEXT_KEY, IlpStep
+from crop_vllm.vllm_surface import RUNNER_TOUCHPOINTS, check_vllm
 
 logger = init_logger(__name__)
 
@@ -36,6 +48,7 @@ def apply() -> None:
     """Patch `GPUModelRunner._model_forward` once per process (idempotent)."""
     if getattr(GPUModelRunner, _PATCHED_FLAG, False):
         return
+    check_vllm(RUNNER_TOUCHPOINTS)
     stock_model_forward = GPUModelRunner._model_forward
 
     def _model_forward(self: GPUModelRunner, *args: Any, **kwargs: Any) -> Any:
@@ -50,82 +63,185 @@ def apply() -> None:
     setattr(GPUModelRunner, _PATCHED_FLAG, True)
 
 
-def _request_drops(runner: GPUModelRunner, ilp: Any) -> list[np.ndarray]:
-    """Dropped prompt positions of each request in the batch, computed once per request."""
-    cache: dict[str, np.ndarray] = runner.__dict__.setdefault("_crop_ilp_drops", {})
-    drops = []
-    for req_id in runner.input_batch.req_ids:
-        if req_id not in cache:
-            cache[req_id] = ilp.request_drops(runner.requests[req_id].mm_features)
-        drops.append(cache[req_id])
-    if len(cache) > 2 * len(runner.requests) + 16:
-        for gone in [req_id for req_id in cache if req_id not in runner.requests]:
-            del cache[gone]
-    return drops
+class _Staging:
+    """Pinned host buffers for the per-step arrays, copied to the device without blocking.
+
+    A copy from a reused pinned buffer may still be in flight when the next step writes the
+    buffer (async scheduling overlaps steps), so each step waits for the previous step's copies
+    first (long done in practice).
+    """
+
+    def __init__(self, runner: GPUModelRunner) -> None:
+        max_tokens = runner.max_num_tokens
+        max_reqs = runner.max_num_reqs
+        self.kept_rows = runner._make_buffer(max_tokens, dtype=torch.int64)
+        self.kept_request = runner._make_buffer(max_tokens, dtype=torch.int64)
+        self.compact_positions = runner._make_buffer(max_tokens, dtype=torch.int64)
+        self.requests = runner._make_buffer(max_reqs, dtype=torch.int64)
+        self.query_start_loc = runner._make_buffer(max_reqs + 1, dtype=torch.int32)
+        self.seq_lens = runner._make_buffer(max_reqs, dtype=torch.int32)
+        self._copied = torch.cuda.Event() if runner.device.type == "cuda" else None
+
+    def stage(self, compaction: StepCompaction) -> None:
+        if self._copied is not None:
+            self._copied.synchronize()
+        for buffer, values in (
+            (self.kept_rows, compaction.kept_rows),
+            (self.kept_request, compaction.kept_request),
+            (self.compact_positions, compaction.kept_compact_positions),
+            (self.requests, compaction.requests),
+            (self.query_start_loc, compaction.query_start_loc),
+            (self.seq_lens, compaction.seq_lens),
+        ):
+            buffer.np[: len(values)] = values
+            buffer.copy_to_gpu(len(values))
+        if self._copied is not None:
+            self._copied.record()
+
+
+def _private_group(group: AttentionGroup, runner: GPUModelRunner) -> AttentionGroup:
+    """A copy of `group` with metadata builders of its own (sharing only the FlashInfer
+    workspace, scratch space each kernel call uses and finishes with before the next)."""
+    private = replace(group, metadata_builders=[], kernel_block_table=None)
+    private.create_metadata_builders(runner.vllm_config, runner.device, group.kernel_block_size)
+    stock, own = group.get_metadata_builder(), private.get_metadata_builder()
+    if hasattr(stock, "set_workspace_buffer") and hasattr(stock, "_get_workspace_buffer"):
+        own.set_workspace_buffer(stock._get_workspace_buffer())
+    return private
+
+
+class IlpRunnerState:
+    """What ILP keeps per model runner: private builders, staging buffers, dropped positions."""
+
+    def __init__(self, runner: GPUModelRunner) -> None:
+        self.groups = [
+            [_private_group(group, runner) for group in groups] for groups in runner.attn_groups
+        ]
+        self.staging = _Staging(runner)
+        self._drops: dict[str, np.ndarray] = {}
+
+    def request_drops(self, runner: GPUModelRunner, ilp: Any) -> list[np.ndarray]:
+        """Dropped prompt positions of each request in the batch, computed once per request."""
+        drops = []
+        for req_id in runner.input_batch.req_ids:
+            if req_id not in self._drops:
+                state = runner.requests[req_id]
+                self._drops[req_id] = ilp.request_drops(state.mm_features, state.num_prompt_tokens)
+            drops.append(self._drops[req_id])
+        if len(self._drops) > len(runner.requests):  # some request left the runner
+            self._drops = {r: d for r, d in self._drops.items() if r in runner.requests}
+        return drops
+
+    def drops_of(self, req_id: str) -> list[int] | None:
+        """The dropped positions this worker computed for a request (None: not seen yet)."""
+        drops = self._drops.get(req_id)
+        return None if drops is None else drops.tolist()
+
+
+_STATES: weakref.WeakKeyDictionary[GPUModelRunner, IlpRunnerState] = weakref.WeakKeyDictionary()
+
+
+def runner_state(runner: GPUModelRunner) -> IlpRunnerState:
+    """ILP's state for `runner`, created on its first ILP step (attention groups exist then)."""
+    state = _STATES.get(runner)
+    if state is None:
+        state = _STATES[runner] = IlpRunnerState(runner)
+    return state
 
 
 def build_step(runner: GPUModelRunner, ilp: Any) -> IlpStep | None:
     """The step's `IlpStep`, or None when no request in the batch drops a token."""
+    state = runner_state(runner)
     num_reqs = runner.input_batch.num_reqs
     query_start_loc = runner.query_start_loc.cpu[: num_reqs + 1].numpy()
     compaction = compact_step(
-        _request_drops(runner, ilp),
+        state.request_drops(runner, ilp),
         runner.input_batch.num_computed_tokens_cpu[:num_reqs],
         np.diff(query_start_loc),
     )
     if compaction is None:
         return None
-    attn_metadata, slot_mapping = _rebuild_metadata(runner, compaction)
+    if compaction.num_tokens == 0:
+        return IlpStep(kept_rows=None, attn_metadata={}, slot_mapping={})
+    state.staging.stage(compaction)
+    attn_metadata, slot_mapping = _kept_metadata(runner, state, compaction)
     return IlpStep(
-        kept_rows=torch.from_numpy(compaction.kept_rows).to(runner.device),
+        kept_rows=state.staging.kept_rows.gpu[: compaction.num_tokens],
         attn_metadata=attn_metadata,
         slot_mapping=slot_mapping,
     )
 
 
-def _rebuild_metadata(
-    runner: GPUModelRunner, compaction: StepCompaction
+class CompactedKvUnderAllocated(RuntimeError):
+    """The scheduler gave a request fewer compacted KV blocks than its kept tokens need."""
+
+
+def _check_compacted_allocation(
+    runner: GPUModelRunner, compaction: StepCompaction, block_table: Any
+) -> None:
+    """Refuse to write KV past a request's compacted blocks (into blocks it does not own): the
+    scheduler and this worker disagree on its dropped positions, a bug, so fail loudly."""
+    needed = -(-compaction.seq_lens // block_table.block_size)
+    owned = block_table.num_blocks_per_row[compaction.requests]
+    short = np.flatnonzero(needed > owned)
+    if len(short):
+        req_ids = [runner.input_batch.req_ids[int(compaction.requests[i])] for i in short]
+        raise CompactedKvUnderAllocated(
+            f"CROP ILP: requests {req_ids} hold {owned[short].tolist()} compacted KV blocks but "
+            f"their kept tokens need {needed[short].tolist()}: the scheduler's and the worker's "
+            "drop plans disagree; stopping instead of writing KV into blocks they do not own"
+        )
+
+
+def _kept_metadata(
+    runner: GPUModelRunner, state: IlpRunnerState, compaction: StepCompaction
 ) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
     """Per attention layer: backend metadata and KV slots for the kept tokens."""
-    device = runner.device
+    staging = state.staging
     num_reqs = runner.input_batch.num_reqs
-    query_start_loc_cpu = torch.from_numpy(compaction.query_start_loc)
-    seq_lens_cpu = torch.from_numpy(compaction.seq_lens)
+    num_kept_reqs = len(compaction.requests)
+    num_tokens = compaction.num_tokens
+    kept_request = staging.kept_request.gpu[:num_tokens]
+    compact_positions = staging.compact_positions.gpu[:num_tokens]
+    requests = staging.requests.gpu[:num_kept_reqs]
+    all_requests = num_kept_reqs == num_reqs
+    computed = runner.input_batch.num_computed_tokens_cpu_tensor[:num_reqs]
+    prompt = runner.input_batch.num_prompt_tokens_cpu_tensor[:num_reqs]
+    is_prefilling = (computed < prompt)[torch.from_numpy(compaction.requests)]
     query_lens = np.diff(compaction.query_start_loc)
-    kept_request = torch.from_numpy(compaction.kept_request).to(device)
-    compact_positions = torch.from_numpy(compaction.kept_compact_positions).to(device)
-    num_computed = runner.input_batch.num_computed_tokens_cpu_tensor[:num_reqs]
-    num_prompt = runner.input_batch.num_prompt_tokens_cpu_tensor[:num_reqs]
     attn_metadata: dict[str, Any] = {}
     slot_mapping: dict[str, torch.Tensor] = {}
     for group_id, group in enumerate(runner.kv_cache_config.kv_cache_groups):
-        if not isinstance(group.kv_cache_spec, FullAttentionSpec):
-            raise NotImplementedError(
-                f"ILP supports full-attention KV caches only, got {group.kv_cache_spec}"
-            )
+        spec = group.kv_cache_spec
+        if not isinstance(spec, FullAttentionSpec):
+            raise NotImplementedError(f"ILP supports full-attention KV caches only, got {spec}")
+        if isinstance(spec, IlpAttentionSpec) and not spec.ilp_compacted:
+            continue  # layers < K: they ran with the stock metadata
         block_table = runner.input_batch.block_table[group_id]
         table = block_table.get_device_tensor(num_reqs)
         block_size = block_table.block_size
+        if isinstance(spec, IlpAttentionSpec):
+            _check_compacted_allocation(runner, compaction, block_table)
         slots = (
             table[kept_request, compact_positions // block_size].to(torch.int64) * block_size
             + compact_positions % block_size
         )
         common = CommonAttentionMetadata(
-            query_start_loc=query_start_loc_cpu.to(device),
-            query_start_loc_cpu=query_start_loc_cpu,
-            seq_lens=seq_lens_cpu.to(device),
-            seq_lens_cpu_upper_bound=seq_lens_cpu,
-            num_reqs=num_reqs,
-            num_actual_tokens=compaction.num_tokens,
+            query_start_loc=staging.query_start_loc.gpu[: num_kept_reqs + 1],
+            query_start_loc_cpu=staging.query_start_loc.cpu[: num_kept_reqs + 1],
+            seq_lens=staging.seq_lens.gpu[:num_kept_reqs],
+            seq_lens_cpu_upper_bound=staging.seq_lens.cpu[:num_kept_reqs],
+            num_reqs=num_kept_reqs,
+            num_actual_tokens=num_tokens,
             max_query_len=int(query_lens.max()),
             max_seq_len=int(compaction.seq_lens.max()),
-            block_table_tensor=table,
+            block_table_tensor=table if all_requests else table[requests],
             slot_mapping=slots,
             causal=True,
-            is_prefilling=num_computed < num_prompt,
+            is_prefilling=is_prefilling,
             positions=compact_positions,
         )
-        for attn_group in runner.attn_groups[group_id]:
+        for attn_group in state.groups[group_id]:
             metadata = attn_group.build_metadata(common)
             for layer_name in attn_group.layer_names:
                 attn_metadata[layer_name] = metadata

