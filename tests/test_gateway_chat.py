@@ -8,8 +8,6 @@ import pytest
 from tests.engine_support import test_image
 from tests.gateway_fixtures import MODEL_NAME, QUARTER, data_url, image_message
 
-pytest_plugins = ["tests.gateway_fixtures"]  # the shared session fixtures
-
 pytestmark = pytest.mark.engine
 
 #: Tiny LLaVA: an 8x8 grid; the quarter region keeps 16 cells and pools the rest to 3 tokens.

@@ -15,8 +15,6 @@ import pytest
 from server.images import ImageError, ImageLimits, ImageLoader, address_allowed, parse_networks
 from tests.gateway_fixtures import MAX_IMAGE_BYTES, data_url, png_bytes
 
-pytest_plugins = ["tests.gateway_fixtures"]  # the shared session fixtures
-
 LIMITS = ImageLimits(
     max_bytes=MAX_IMAGE_BYTES,
     max_pixels=600 * 600,

@@ -10,8 +10,6 @@ from prometheus_client.parser import text_string_to_metric_families
 from tests.engine_support import test_image
 from tests.gateway_fixtures import MODEL_NAME, QUARTER, data_url, image_message
 
-pytest_plugins = ["tests.gateway_fixtures"]  # the shared session fixtures
-
 pytestmark = pytest.mark.engine
 
 Samples = dict[tuple[str, tuple[tuple[str, str], ...]], float]

@@ -20,8 +20,6 @@ from server.middleware import RequestIdFilter
 from tests.engine_support import test_image
 from tests.gateway_fixtures import API_KEY, MODEL_NAME, QUARTER, data_url, image_message
 
-pytest_plugins = ["tests.gateway_fixtures"]  # the shared session fixtures
-
 pytestmark = pytest.mark.engine
 
 AUTH = {"Authorization": f"Bearer {API_KEY}"}

@@ -30,8 +30,6 @@ from tests.gateway_fixtures import (
     image_message,
 )
 
-pytest_plugins = ["tests.gateway_fixtures"]  # the shared session fixtures
-
 pytestmark = pytest.mark.engine
 
 AUTH = {"Authorization": f"Bearer {API_KEY}"}

@@ -28,16 +28,7 @@ from crop_localizer.text_embeddings import ClipTextEmbedder, VocabularyEmbedding
 from crop_localizer.vocabulary import OBJECT_NAMES
 from crop_localizer.yolo_world import YoloWorldLocalizer
 from crop_vllm.layout import CellBox, Region
-from tests.localizer_fixtures import (
-    TEST_IMGSZ,
-    detector,
-    make_localizer,
-    scene,
-    vocabulary,
-    world_model,
-)
-
-__all__ = ["detector", "vocabulary", "world_model"]  # fixtures used by name below
+from tests.localizer_fixtures import TEST_IMGSZ, make_localizer, scene
 
 
 @pytest.fixture(scope="module")

@@ -11,9 +11,7 @@ from crop_localizer.batcher import MicroBatcher
 from crop_localizer.errors import LocalizerClosed, LocalizerOverloaded
 from crop_localizer.metrics import LocalizerMetrics
 from crop_localizer.yolo_world import NO_PHRASE_REASON
-from tests.localizer_fixtures import detector, make_localizer, scene, vocabulary, world_model
-
-__all__ = ["detector", "vocabulary", "world_model"]  # fixtures used by name below
+from tests.localizer_fixtures import make_localizer, scene
 
 QUESTIONS = [
     "What color is the dog?",

@@ -400,7 +400,7 @@ def _data_url(image: LoadedImage) -> str:
 def _chat_body(request: EngineRequest) -> dict[str, Any]:
     """The client's fields as vLLM validated them, with the images as data: URLs, CROP's plan in
     `mm_processor_kwargs` and usage always on in streams."""
-    body = request.request.model_dump(mode="json", exclude_unset=True)
+    body = request.request.model_dump(mode="json", exclude_unset=True, by_alias=True)
     urls = [_data_url(image) for image in request.images]
     body["messages"] = replace_images(
         body["messages"], lambda n: {"type": "image_url", "image_url": {"url": urls[n]}}
@@ -408,7 +408,10 @@ def _chat_body(request: EngineRequest) -> dict[str, Any]:
     stream_options = request.stream_options()
     for key, value in (
         ("mm_processor_kwargs", request.mm_processor_kwargs()),
-        ("stream_options", stream_options and stream_options.model_dump(mode="json")),
+        (
+            "stream_options",
+            stream_options and stream_options.model_dump(mode="json", by_alias=True),
+        ),
     ):
         if value is None:
             body.pop(key, None)
