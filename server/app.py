@@ -40,7 +40,7 @@ logger = logging.getLogger(__name__)
 
 #: How long a gateway whose engine died keeps answering 503 (health checks see it) before
 #: `on_engine_death` runs.
-ENGINE_DEATH_GRACE_S = 1.0
+ENGINE_DEATH_GRACE_S = 2.0
 #: The probe of a remote backend's CROP settings: PLC on this region of a probe image.
 _PROBE_SIZE, _PROBE_REGION = (448, 336), Region(0.0, 0.0, 0.5, 0.5)
 

@@ -153,4 +153,6 @@ async def health(gw: GatewayDep) -> JSONResponse:
 
 @router.get("/metrics", response_class=Response, responses={200: {"content": {"text/plain": {}}}})
 async def metrics(gw: GatewayDep) -> Response:
-    return Response(generate_latest(gw.metrics.registry), media_type=CONTENT_TYPE_LATEST)
+    """The gateway's `crop_*` metrics, and vLLM's own `vllm:*` when the engine is embedded."""
+    body = generate_latest(gw.metrics.registry) + gw.engine.engine_metrics()
+    return Response(body, media_type=CONTENT_TYPE_LATEST)

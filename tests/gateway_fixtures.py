@@ -28,6 +28,7 @@ import openai
 import pytest
 import uvicorn
 from PIL import Image
+from prometheus_client.parser import text_string_to_metric_families
 
 from crop_vllm.testing.servers import free_port
 from server.accounting import ModelGeometry
@@ -100,6 +101,48 @@ def ask(live: LiveGateway, messages: list[dict], **kwargs: Any) -> Any:
         extra["crop"] = crop
     return client.chat.completions.create(
         model=MODEL_NAME, messages=messages, extra_body=extra or None, **kwargs
+    )
+
+
+def wait_for(condition: Callable[[], bool], timeout: float) -> None:
+    """Poll `condition` until it holds; fail after `timeout` seconds (a bound, not a claim
+    about speed: pass generous ones)."""
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            pytest.fail(f"condition not met within {timeout}s")
+        time.sleep(0.05)
+
+
+Samples = dict[tuple[str, tuple[tuple[str, str], ...]], float]
+
+
+def scrape(live: LiveGateway) -> Samples:
+    """A gateway's `/metrics`, read with prometheus_client's own parser."""
+    response = httpx.get(live.url + "/metrics")
+    assert response.headers["content-type"].startswith("text/plain")
+    return {
+        (sample.name, tuple(sorted(sample.labels.items()))): sample.value
+        for family in text_string_to_metric_families(response.text)
+        for sample in family.samples
+    }
+
+
+class Delta:
+    """How much each sample moved between two scrapes."""
+
+    def __init__(self, before: Samples, after: Samples) -> None:
+        self.before, self.after = before, after
+
+    def __call__(self, name: str, **labels: str) -> float:
+        key = (name, tuple(sorted(labels.items())))
+        return self.after.get(key, 0.0) - self.before.get(key, 0.0)
+
+
+def generated_by_vllm(samples: Samples) -> float:
+    """Tokens vLLM generated so far (its `vllm:generation_tokens_total`)."""
+    return sum(
+        value for (name, _), value in samples.items() if name == "vllm:generation_tokens_total"
     )
 
 

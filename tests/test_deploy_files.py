@@ -148,6 +148,7 @@ def test_engine_is_vllm_serve_with_the_crop_architecture_and_request_kwargs():
     overrides = json.loads(flags(command)["hf-overrides"])
     assert command[:2] == ["vllm", "serve"]
     assert "--trust-request-mm-kwargs" in command
+    assert "--enable-prompt-tokens-details" in command  # the gateway's per-response check
     assert overrides["architectures"][0] in {f.crop_architecture for f in FAMILIES}
 
 

@@ -126,6 +126,11 @@ class Engine(Protocol):
         """The vLLM versions serving (one per distinct version among backends)."""
         ...
 
+    def engine_metrics(self) -> bytes:
+        """vLLM's own `vllm:*` metrics in Prometheus' text format, when they live in this
+        process (embedded); remote engines serve theirs on their own `/metrics`."""
+        ...
+
     async def wait_dead(self) -> None:
         """Return once the engine can never serve again (an embedded engine whose process
         died); engines that recover by themselves never return."""

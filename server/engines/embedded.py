@@ -12,8 +12,8 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-from collections.abc import AsyncIterator, Mapping
-from typing import Any
+from collections.abc import AsyncIterator, Iterator, Mapping
+from typing import TYPE_CHECKING, Any
 
 from server.engines import (
     EngineRequest,
@@ -24,6 +24,9 @@ from server.engines import (
     refusal,
 )
 from server.engines.vllm_api import VLLM_VERSION, replace_images
+
+if TYPE_CHECKING:
+    from prometheus_client.metrics_core import Metric
 
 logger = logging.getLogger(__name__)
 
@@ -66,7 +69,7 @@ class EmbeddedEngine:
             "model": self.model,
             "hf_overrides": self._hf_overrides,
             "limit_mm_per_prompt": {"image": self._max_images},
-            "disable_log_stats": True,
+            "disable_log_stats": False,  # as vllm serve: vLLM's metrics, on the gateway's /metrics
             **self._engine_args,
         }
         logger.info("starting the embedded vLLM engine: %s", args)
@@ -107,6 +110,20 @@ class EmbeddedEngine:
 
     def vllm_versions(self) -> list[str]:
         return [VLLM_VERSION]
+
+    def engine_metrics(self) -> bytes:
+        from prometheus_client import generate_latest
+        from vllm.v1.metrics.prometheus import get_prometheus_registry
+
+        registry = get_prometheus_registry()
+
+        class VllmOnly:
+            """vLLM's metric families of the registry (not the process metrics next to them)."""
+
+            def collect(self) -> Iterator[Metric]:
+                return (f for f in registry.collect() if f.name.startswith("vllm:"))
+
+        return generate_latest(VllmOnly())  # type: ignore[arg-type]
 
     async def wait_dead(self) -> None:
         while self._llm is None or not self._llm.errored:

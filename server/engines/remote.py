@@ -176,6 +176,9 @@ class RemoteEngine:
     def vllm_versions(self) -> list[str]:
         return sorted({b.vllm_version for b in self.backends if b.vllm_version is not None})
 
+    def engine_metrics(self) -> bytes:
+        return b""
+
     async def wait_dead(self) -> None:
         await asyncio.Event().wait()  # backends come and go; the gateway outlives them
 
@@ -381,7 +384,7 @@ def _stream_error(error: object) -> EngineError:
     return refusal(status, str(error.get("message", error)), error.get("param"))
 
 
-def _data_url(image: LoadedImage) -> str:
+def image_data_url(image: LoadedImage) -> str:
     """The client's own bytes when they decode to exactly the gateway's pixels (its own data: URL
     when it sent one), else a lossless PNG: the backend prunes exactly the pixels the gateway
     measured and localized."""
@@ -401,7 +404,7 @@ def _chat_body(request: EngineRequest) -> dict[str, Any]:
     """The client's fields as vLLM validated them, with the images as data: URLs, CROP's plan in
     `mm_processor_kwargs` and usage always on in streams."""
     body = request.request.model_dump(mode="json", exclude_unset=True, by_alias=True)
-    urls = [_data_url(image) for image in request.images]
+    urls = [image_data_url(image) for image in request.images]
     body["messages"] = replace_images(
         body["messages"], lambda n: {"type": "image_url", "image_url": {"url": urls[n]}}
     )
