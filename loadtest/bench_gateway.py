@@ -239,9 +239,11 @@ async def overhead_section(
     model: str,
     args: argparse.Namespace,
     seeds: Iterator[int],
-    budget: Budget,
+    budget_s: float,
 ) -> None:
-    """The gateway's cost against the same vllm serve: fresh images, alternating order."""
+    """The gateway's cost against the same vllm serve: fresh images, alternating order; each
+    part (concurrency 1, saturation) has half of `budget_s`."""
+    budget = Budget(budget_s / 2)
     scraped = (await client.get(gateway + "/metrics")).text
     pairs: list[tuple[float, float]] = []
     for index in range(args.pairs):
@@ -286,6 +288,7 @@ async def overhead_section(
         f"\n## Throughput at saturation ({args.saturation} clients, {args.requests} requests "
         f"per block, blocks alternating, {args.blocks} each)"
     )
+    budget = Budget(budget_s / 2)
     rates: dict[str, list[float]] = {"vllm serve direct": [], "through the gateway": []}
     targets = [("vllm serve direct", direct, model), ("through the gateway", gateway, "bench")]
     for block in range(args.blocks):
@@ -319,7 +322,7 @@ async def run(args: argparse.Namespace, direct: str, gateway: str, model: str) -
             await post(client, url, body(name, jpeg_url(next(seeds), size)))
         if not args.overhead_only:
             await crop_section(client, gateway, args, size, seeds, Budget(args.budget_s / 2))
-        await overhead_section(client, direct, gateway, model, args, seeds, Budget(args.budget_s))
+        await overhead_section(client, direct, gateway, model, args, seeds, args.budget_s)
 
 
 def main() -> None:

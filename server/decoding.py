@@ -64,11 +64,6 @@ class LoadedImage:
         self._pixels: Image.Image | None = None
         self._lock = threading.Lock()
 
-    @classmethod
-    def from_pixels(cls, image: Image.Image) -> LoadedImage:
-        """An image made in the process (tests, benchmarks): no client bytes to pass on."""
-        return cls(_to_rgb(image), None)
-
     @property
     def size(self) -> tuple[int, int]:
         return self.width, self.height

@@ -17,7 +17,6 @@ from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, field_validator
 from crop_vllm.layout import CropMode, Region
 from server.engines.vllm_api import (
     ChatCompletionResponse,
-    ChatCompletionStreamResponse,
     UsageInfo,
     VllmChatRequest,
 )
@@ -157,12 +156,6 @@ class ChatCompletion(ChatCompletionResponse):
     """vLLM's chat completion (the gateway's id and model name), with `usage.crop`."""
 
     usage: Usage
-
-
-class ChatCompletionChunk(ChatCompletionStreamResponse):
-    """vLLM's streamed chunk; the last one carries `usage` with `usage.crop`."""
-
-    usage: Usage | None = None
 
 
 class ModelCard(BaseModel):

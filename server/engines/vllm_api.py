@@ -19,10 +19,7 @@ from vllm.entrypoints.generate.base.protocol import StreamOptions
 from vllm.entrypoints.openai.chat_completion.protocol import (
     ChatCompletionRequest as _VllmChatCompletionRequest,
 )
-from vllm.entrypoints.openai.chat_completion.protocol import (
-    ChatCompletionResponse,
-    ChatCompletionStreamResponse,
-)
+from vllm.entrypoints.openai.chat_completion.protocol import ChatCompletionResponse
 from vllm.entrypoints.serve.engine.protocol import UsageInfo
 from vllm.exceptions import VLLMValidationError
 from vllm.renderers.chat_utils import MM_PARSER_MAP, TEXT_PART_TYPES
@@ -31,7 +28,6 @@ from vllm.version import __version__ as VLLM_VERSION
 __all__ = [
     "VLLM_VERSION",
     "ChatCompletionResponse",
-    "ChatCompletionStreamResponse",
     "StreamOptions",
     "UsageInfo",
     "VllmChatRequest",
