@@ -91,9 +91,9 @@ class CropSettings:
 
     def engine_requirements(self) -> dict[str, object]:
         """The vLLM engine arguments these settings need (the startup check refuses others)."""
-        if not self.enable_ilp:
-            return {}
-        return {"enforce_eager": True, "enable_prefix_caching": False}
+        if self.enable_ilp and not self.ilp_compact_kv:
+            return {"enable_prefix_caching": False}
+        return {}
 
     @classmethod
     def from_hf_config(cls, hf_config: object) -> CropSettings:

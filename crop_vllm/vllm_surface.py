@@ -125,7 +125,77 @@ RUNNER_TOUCHPOINTS: tuple[Touchpoint, ...] = (
     ),
 )
 
-TOUCHPOINTS = PROCESSOR_TOUCHPOINTS + RUNNER_TOUCHPOINTS
+_WHY_KV = (
+    "layers >= K of an ILP request hold KV for its kept tokens only: vLLM's hybrid allocator "
+    "gives them a KV-cache group of their own, whose manager counts the kept tokens"
+)
+_REMOVE_KV = "vLLM lets a model declare per-request token counts for a group of layers"
+
+#: ILP's KV saving (crop_vllm/ilp/kv.py and the controller that installs its specs).
+KV_TOUCHPOINTS: tuple[Touchpoint, ...] = (
+    Touchpoint(
+        "vllm.v1.kv_cache_interface:FullAttentionSpec.merge",
+        "overridden",
+        "crop_vllm.ilp.kv.IlpAttentionSpec.merge",
+        f"keeps layers < K and >= K out of one group: {_WHY_KV}",
+        _REMOVE_KV,
+        ("specs",),
+    ),
+    Touchpoint(
+        "vllm.v1.kv_cache_interface:KVCacheSpec.is_uniform_with_collection",
+        "overridden",
+        "crop_vllm.ilp.kv.IlpAttentionSpec.is_uniform_with_collection",
+        f"keeps layers < K and >= K out of one group: {_WHY_KV}",
+        _REMOVE_KV,
+        ("self", "kv_cache_specs"),
+    ),
+    Touchpoint(
+        "vllm.v1.core.single_type_kv_cache_manager:FullAttentionManager.get_num_blocks_to_allocate",
+        "overridden",
+        "crop_vllm.ilp.kv.IlpAttentionManager.get_num_blocks_to_allocate",
+        f"counts C(n) instead of n tokens: {_WHY_KV}",
+        _REMOVE_KV,
+        (
+            "self",
+            "request_id",
+            "num_tokens",
+            "new_computed_blocks",
+            "total_computed_tokens",
+            "num_local_computed_tokens",
+            "num_tokens_main_model",
+            "apply_admission_cap",
+            "prefill_end",
+        ),
+    ),
+    Touchpoint(
+        "vllm.v1.core.single_type_kv_cache_manager:FullAttentionManager.allocate_new_blocks",
+        "overridden",
+        "crop_vllm.ilp.kv.IlpAttentionManager.allocate_new_blocks",
+        f"allocates for C(n) instead of n tokens: {_WHY_KV}",
+        _REMOVE_KV,
+        ("self", "request_id", "num_tokens", "num_tokens_main_model"),
+    ),
+    Touchpoint(
+        "vllm.v1.core.sched.scheduler:Scheduler._free_blocks",
+        "overridden",
+        "crop_vllm.ilp.kv._BindsIlpPlanner._free_blocks (the scheduler named by "
+        "scheduler_config.scheduler_cls)",
+        "forgets a finished request's drop plan; the planner is bound to the managers in the "
+        f"scheduler's constructor: {_WHY_KV}",
+        _REMOVE_KV,
+        ("self", "request"),
+    ),
+    Touchpoint(
+        "vllm.model_executor.layers.attention.attention:Attention.get_kv_cache_spec",
+        "patched",
+        "crop_vllm.ilp.controller._install_kv_specs (per attention module)",
+        f"reports ILP's spec, compacted from layer K on: {_WHY_KV}",
+        _REMOVE_KV,
+        ("self", "vllm_config"),
+    ),
+)
+
+TOUCHPOINTS = PROCESSOR_TOUCHPOINTS + RUNNER_TOUCHPOINTS + KV_TOUCHPOINTS
 
 
 class UnsupportedVllmError(RuntimeError):

@@ -56,13 +56,13 @@ test_image.__test__ = False  # a helper, not a test
 
 
 def make_llm(checkpoint: Path, architecture: str, **overrides):
-    """A real vLLM engine on CPU, float32 and eager, small enough for CI."""
+    """A real vLLM engine on CPU, float32, compiled as vLLM does by default, small enough for
+    CI (`enforce_eager=True` in `overrides` for an eager one)."""
     from vllm import LLM
 
     hf_overrides = {"architectures": [architecture], **overrides.pop("hf_overrides", {})}
     settings = {
         "dtype": "float32",
-        "enforce_eager": True,
         "max_model_len": 2048,
         "max_num_seqs": 8,
         "limit_mm_per_prompt": {"image": 2},
@@ -99,3 +99,10 @@ def chosen_logprobs(output) -> list[float]:
         step[token].logprob
         for step, token in zip(completion.logprobs, completion.token_ids, strict=True)
     ]
+
+
+def assert_matches(output, expected, label: object = None) -> None:
+    """An engine output has the reference's greedy tokens and log-probs (within tolerance)."""
+    assert list(output.outputs[0].token_ids) == expected.token_ids, label
+    worst = max(abs(a - b) for a, b in zip(chosen_logprobs(output), expected.logprobs, strict=True))
+    assert worst < LOGPROB_TOLERANCE, (label, worst)

@@ -50,7 +50,7 @@ def reachable_tensors(
 _build_kept_metadata = ilp_runner._kept_metadata
 
 
-def _checked_kept_metadata(runner, state, compaction):  # type: ignore[no-untyped-def]
+def _checked_kept_metadata(runner, state, compaction, ilp):  # type: ignore[no-untyped-def]
     stock = get_forward_context().attn_metadata
     metadata_objects = {id(m): (name, m) for name, m in stock.items()}.values()
     before = {
@@ -58,7 +58,7 @@ def _checked_kept_metadata(runner, state, compaction):  # type: ignore[no-untype
         for name, metadata in metadata_objects
         for path, tensor in reachable_tensors(metadata).items()
     }
-    result = _build_kept_metadata(runner, state, compaction)
+    result = _build_kept_metadata(runner, state, compaction, ilp)
     _report["checks"] += 1
     _report["tensors"] += len(before)
     for path, (tensor, snapshot) in before.items():

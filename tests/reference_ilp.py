@@ -80,17 +80,19 @@ class ReferenceILP(ReferencePLC):
         embeds[ids == self.image_token_id] = torch.cat(tokens).to(embeds.dtype)
         positions = self._positions(prompt_ids, plc_regions)  # (1, L) or (3, 1, L)
         keep = self.keep_mask(prompt_ids, images, plans)
-        generated, logprobs = [], []
+        generated, logprobs, margins = [], [], []
         for _ in range(max_tokens):
             hidden = self._run_layers(embeds, positions, torch.tensor(keep))
             logp = torch.log_softmax(self.model.lm_head(hidden).float(), dim=-1)[0]
+            best, second = logp.topk(2).values.tolist()
             token = int(logp.argmax())
             generated.append(token)
             logprobs.append(float(logp[token]))
+            margins.append(best - second)
             next_position = positions.max() + 1
             embeds = torch.cat([embeds, embed(torch.tensor([token]))])
             positions = torch.cat(
                 [positions, torch.full_like(positions[..., :1], int(next_position))], dim=-1
             )
             keep.append(True)
-        return Generation(generated, logprobs)
+        return Generation(generated, logprobs, margins)

@@ -7,7 +7,7 @@ greedy decoding are written out here. Runs in float32 on CPU.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
@@ -25,6 +25,9 @@ from crop_vllm.layout import Layout, PLCSettings, Region, build_layout
 class Generation:
     token_ids: list[int]
     logprobs: list[float]
+    #: Per step, the log-prob gap between the best and the second-best token (where recorded):
+    #: how much numeric noise the step's greedy choice can take.
+    margins: list[float] = field(default_factory=list)
 
 
 def mean_pool(features: torch.Tensor, layout: Layout) -> torch.Tensor:

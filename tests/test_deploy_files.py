@@ -205,9 +205,9 @@ def test_one_variable_turns_ilp_on_in_the_engine_and_the_gateways(enable_ilp):
 
 @pytest.mark.parametrize("enable_ilp", [False, True])
 def test_the_engine_runs_as_ilp_requires(enable_ilp):
-    """vLLM's own parser on the engine command, its --config file read from deploy/vllm/:
-    what the plugin's settings require at startup (`engine_requirements`: with ILP, eager and
-    no prefix caching), else vLLM's defaults."""
+    """vLLM's own parser on the engine command, its --config file read from deploy/vllm/: what
+    the plugin's settings require of the engine (`CropSettings.engine_requirements`), vLLM's
+    defaults otherwise."""
     from vllm.entrypoints.launchers.cli_args import make_arg_parser
     from vllm.utils.argparse_utils import FlexibleArgumentParser
 
@@ -218,13 +218,8 @@ def test_the_engine_runs_as_ilp_requires(enable_ilp):
     local = [a.replace("/etc/crop", str(DEPLOY / "vllm")) for a in rest]
     args = make_arg_parser(FlexibleArgumentParser()).parse_args(["--model", model, *local])
     required = CropSettings(enable_ilp=enable_ilp).engine_requirements()
-    restrictions = CropSettings(enable_ilp=True).engine_requirements()
-    assert bool(required) is enable_ilp
-    for key, restricted in restrictions.items():
-        if key in required:
-            assert getattr(args, key) == required[key], key
-        else:  # vLLM's default behaviour, not ILP's restriction
-            assert getattr(args, key) != restricted, key
+    assert args.enforce_eager is required.get("enforce_eager", False)
+    assert args.enable_prefix_caching is required.get("enable_prefix_caching", True)
 
 
 @pytest.mark.parametrize("service", ["engine", "gateway", "embedded"])

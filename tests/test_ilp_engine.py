@@ -21,6 +21,7 @@ from tests.engine_support import (
     LOGPROB_TOLERANCE,
     ONE_CELL,
     QUARTER,
+    assert_matches,
     chosen_logprobs,
     greedy,
     make_llm,
@@ -83,7 +84,12 @@ def ilp_engine(case, tiny_checkpoint, crop_engine):
     FLEX on CPU materializes query x cached keys, so its KV cache stays small."""
     arch, backend = case
     crop_engine(None)
-    extra = {"num_gpu_blocks_override": 48} if backend == "FLEX_ATTENTION" else {}
+    # CPU_ATTN runs compiled, as vLLM runs by default; FLEX eagerly, with a small KV cache.
+    extra = (
+        {"num_gpu_blocks_override": 48, "enforce_eager": True}
+        if backend == "FLEX_ATTENTION"
+        else {}
+    )
     llm = make_ilp_llm(tiny_checkpoint, arch, backend, **extra)
     yield llm
     shutdown(llm)
@@ -136,9 +142,7 @@ def check_against_reference(reference, arch, images, name, output):
     expected = reference.generate_ilp(
         prompt, images[:count], plans, len(output.outputs[0].token_ids)
     )
-    assert list(output.outputs[0].token_ids) == expected.token_ids, name
-    worst = max(abs(a - b) for a, b in zip(chosen_logprobs(output), expected.logprobs, strict=True))
-    assert worst < LOGPROB_TOLERANCE, (name, worst)
+    assert_matches(output, expected, name)
     if any(p is not None and p.mode.uses_ilp for p in plans):
         # Layers >= K see fewer tokens: the reference without ILP must answer differently, or
         # this comparison could not tell ILP from no pruning at all.
@@ -220,31 +224,32 @@ def test_layer_beyond_the_last_leaves_the_model_stock():
 @pytest.mark.parametrize(
     ("overrides", "message"),
     [
-        ({"enable_prefix_caching": True}, "no-enable-prefix-caching"),
-        ({"enable_prefix_caching": False, "enforce_eager": False}, "enforce-eager"),
-        ({"enable_prefix_caching": False, "enable_lora": True}, "remove --enable-lora"),
         (
-            {"enable_prefix_caching": False, "kv_transfer_config": {"kv_connector": "x"}},
+            {
+                "enable_prefix_caching": True,
+                "hf_overrides": {
+                    "architectures": [CROP_ARCH["llava"]],
+                    **ILP_OVERRIDES,
+                    "crop_ilp_compact_kv": False,
+                },
+            },
+            "no-enable-prefix-caching",
+        ),
+        ({"compilation_config": {"cudagraph_mode": "FULL"}}, "use PIECEWISE"),
+        ({"enable_lora": True}, "remove --enable-lora"),
+        (
+            {"kv_transfer_config": {"kv_connector": "x", "kv_role": "kv_both"}},
             "remove --kv-transfer-config",
         ),
-        ({"enable_prefix_caching": False, "kv_offloading_size": 1.0}, "--kv-offloading-size"),
-        ({"enable_prefix_caching": False, "attention_backend": "TREE_ATTN"}, "TREE_ATTN"),
-        (
-            {"enable_prefix_caching": False, "disable_hybrid_kv_cache_manager": True},
-            "remove --disable-hybrid-kv-cache-manager",
-        ),
-        (
-            {"enable_prefix_caching": False, "scheduler_cls": "my.Scheduler"},
-            "'my.Scheduler': remove it",
-        ),
-        (
-            {"enable_prefix_caching": False, "mm_processor_cache_type": "shm"},
-            "--mm-processor-cache-type lru",
-        ),
+        ({"kv_offloading_size": 1.0}, "--kv-offloading-size"),
+        ({"attention_backend": "TREE_ATTN"}, "TREE_ATTN"),
+        ({"disable_hybrid_kv_cache_manager": True}, "remove --disable-hybrid-kv-cache-manager"),
+        ({"scheduler_cls": "my.Scheduler"}, "'my.Scheduler': remove it"),
+        ({"mm_processor_cache_type": "shm"}, "--mm-processor-cache-type lru"),
     ],
     ids=[
-        "prefix-caching",
-        "compiled",
+        "prefix-caching-without-kv-saving",
+        "full-cudagraphs",
         "lora",
         "kv-connector",
         "kv-offloading",
@@ -262,7 +267,6 @@ def test_unsafe_engine_settings_are_refused_at_startup(overrides, message, tiny_
         "model": str(tiny_checkpoint("llava")),
         "hf_overrides": {"architectures": [CROP_ARCH["llava"]], **ILP_OVERRIDES},
         "dtype": "float32",
-        "enforce_eager": True,
         "max_model_len": 2048,
         **overrides,
     }
@@ -315,8 +319,4 @@ def test_preempted_ilp_requests_recompute_to_the_reference(tiny_checkpoint, crop
         expected = reference.generate_ilp(
             list(output.prompt_token_ids), [images[index % 3]], [plan("ilp", region)], 16
         )
-        assert list(output.outputs[0].token_ids) == expected.token_ids, index
-        worst = max(
-            abs(a - b) for a, b in zip(chosen_logprobs(output), expected.logprobs, strict=True)
-        )
-        assert worst < LOGPROB_TOLERANCE, (index, worst)
+        assert_matches(output, expected, index)

@@ -6,7 +6,9 @@ from collections.abc import Sequence
 
 import numpy as np
 from torch import nn
+from vllm.config import CompilationMode, VllmConfig, get_current_vllm_config
 from vllm.logger import init_logger
+from vllm.model_executor.layers.attention.attention import Attention
 from vllm.multimodal.inputs import MultiModalFeatureSpec
 
 from crop_vllm.ilp.decoder import DecoderSplit
@@ -21,8 +23,6 @@ logger = init_logger(__name__)
 def _check_backends(layers: nn.ModuleList) -> None:
     """Refuse, while the engine loads the model, an attention backend ILP is not tested on (the
     backend is chosen per layer in the worker, so the config check cannot see it)."""
-    from vllm.model_executor.layers.attention.attention import Attention
-
     names = {
         module.get_attn_backend().get_name()
         for module in layers.modules()
@@ -37,14 +37,18 @@ def _check_backends(layers: nn.ModuleList) -> None:
         )
 
 
-def _hybrid_kv_cache_manager_on() -> bool:
+def _hybrid_kv_cache_manager_on(vllm_config: VllmConfig) -> bool:
     """Whether the engine kept vLLM's hybrid KV-cache manager, which the KV saving needs. vLLM
     turns it off by itself in some configurations, after the config check ran: ILP then keeps
     full allocation (saving compute only) rather than fail."""
-    from vllm.config import get_current_vllm_config
-
-    if not get_current_vllm_config().scheduler_config.disable_hybrid_kv_cache_manager:
+    if not vllm_config.scheduler_config.disable_hybrid_kv_cache_manager:
         return True
+    if vllm_config.cache_config.enable_prefix_caching:
+        raise ValueError(
+            "CROP ILP: vLLM turned its hybrid KV-cache manager off, so layers >= K cannot hold "
+            "the kept tokens' KV in blocks of their own, and prefix caching would then share "
+            "compacted blocks: disable prefix caching (--no-enable-prefix-caching)"
+        )
     logger.warning_once(
         "CROP ILP: vLLM turned its hybrid KV-cache manager off, so layers >= K keep a KV slot "
         "for every token (ILP saves compute, not KV memory)"
@@ -54,8 +58,6 @@ def _hybrid_kv_cache_manager_on() -> bool:
 
 def _install_kv_specs(layers: nn.ModuleList, first_pruned: int) -> None:
     """Make the attention layers of `layers` report ILP's KV spec: compacted from K on."""
-    from vllm.model_executor.layers.attention.attention import Attention
-
     from crop_vllm.ilp.kv import ilp_spec
 
     for index, layer in enumerate(layers):
@@ -75,11 +77,20 @@ class IlpController:
     def __init__(self, layers: nn.ModuleList, settings: CropSettings, hf_config: object) -> None:
         _check_backends(layers)
         runner.apply()
+        vllm_config = get_current_vllm_config()
         self.layer = settings.ilp_layer
         self.settings = settings
         self.hf_config = hf_config
-        self.split = DecoderSplit(layers, settings.ilp_layer)
-        self.compact_kv = settings.ilp_compact_kv and _hybrid_kv_cache_manager_on()
+        eager = vllm_config.compilation_config.mode == CompilationMode.NONE
+        self.split = DecoderSplit(layers, settings.ilp_layer, eager=eager)
+        #: Names of the attention layers that see only the kept tokens (layers >= K).
+        self.pruned_layer_names = frozenset(
+            module.layer_name
+            for layer in layers[settings.ilp_layer :]
+            for module in layer.modules()
+            if isinstance(module, Attention)
+        )
+        self.compact_kv = settings.ilp_compact_kv and _hybrid_kv_cache_manager_on(vllm_config)
         if self.compact_kv:
             _install_kv_specs(layers, settings.ilp_layer)
 

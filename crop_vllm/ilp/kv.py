@@ -29,6 +29,7 @@ import numpy as np
 from vllm.logger import init_logger
 from vllm.v1.core.single_type_kv_cache_manager import (
     FullAttentionManager,
+    SingleTypeKVCacheManager,
     register_all_kvcache_specs,
 )
 from vllm.v1.kv_cache_interface import FullAttentionSpec, KVCacheSpec, replace_as
@@ -36,6 +37,7 @@ from vllm.v1.kv_cache_spec_registry import KVCacheSpecRegistry
 
 from crop_vllm.ilp.drops import request_drops
 from crop_vllm.options import CropSettings
+from crop_vllm.vllm_surface import KV_TOUCHPOINTS, check_vllm
 
 logger = init_logger(__name__)
 
@@ -122,6 +124,26 @@ class IlpAttentionManager(FullAttentionManager):
         compacted = self._tokens(request_id, num_tokens)
         return super().allocate_new_blocks(request_id, compacted, num_tokens_main_model)
 
+    def cache_blocks(self, request: Any, num_tokens: int, *args: Any, **kwargs: Any) -> None:
+        """Share (prefix-cache) only blocks that hold what the stock model would hold.
+
+        A compacted block's contents depend on tokens after the block (the kept ones shift into
+        it), while its prefix-cache hash covers the block's own tokens: only the blocks before
+        the request's first dropped position are exact, so only those are cached. They are
+        exactly the stock model's KV of those tokens, so any request with the same hash may
+        reuse them; a request without drops caches every block as usual. Layers < K are never
+        compacted and cache as usual.
+        """
+        if self.planner is not None:
+            drops = self.planner.drops(request.request_id)
+            if len(drops):
+                num_tokens = min(num_tokens, int(drops[0]))
+                # Also past any partial-tail caching of FullAttentionManager: the tail block
+                # of an ILP request holds kept tokens from after its first drop.
+                SingleTypeKVCacheManager.cache_blocks(self, request, num_tokens, *args, **kwargs)
+                return
+        super().cache_blocks(request, num_tokens, *args, **kwargs)
+
 
 def register() -> None:
     """Register the spec and its manager (idempotent). vLLM registers its built-in specs only
@@ -134,6 +156,7 @@ def register() -> None:
     )
 
 
+check_vllm(KV_TOUCHPOINTS)
 register()
 
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
+from vllm.config import CUDAGraphMode
 from vllm.model_executor.models.config import VerifyAndUpdateConfig
 
 from crop_vllm.ilp.requirements import COMPACT_KV_SCHEDULER, SUPPORTED_BACKENDS
@@ -36,18 +37,22 @@ def plc_problems(vllm_config: VllmConfig) -> list[str]:
     return problems
 
 
-def ilp_problems(vllm_config: VllmConfig) -> list[str]:
+def ilp_problems(vllm_config: VllmConfig, settings: CropSettings) -> list[str]:
     """What to change so that ILP can run (empty: fine)."""
     problems = []
-    if vllm_config.cache_config.enable_prefix_caching:
+    if vllm_config.cache_config.enable_prefix_caching and not settings.ilp_compact_kv:
         problems.append(
-            "prefix caching shares KV blocks whose layers >= K hold compacted contents: "
-            "disable it (--no-enable-prefix-caching / enable_prefix_caching=False)"
+            "prefix caching would share KV blocks whose layers >= K hold compacted contents: "
+            "keep the KV saving on (crop_ilp_compact_kv=true), which caches only what is safe "
+            "to share, or disable prefix caching (--no-enable-prefix-caching)"
         )
-    if not vllm_config.model_config.enforce_eager:
+    cudagraph_mode = vllm_config.compilation_config.cudagraph_mode
+    if cudagraph_mode is not None and cudagraph_mode.has_full_cudagraphs():
         problems.append(
-            "torch.compile and CUDA graphs bake the attention metadata and token counts that "
-            "ILP changes at layer K: run eager (--enforce-eager / enforce_eager=True)"
+            f"cudagraph_mode {cudagraph_mode.name} captures whole steps with one attention "
+            "metadata for every layer, while layers >= K attend over the kept tokens only: use "
+            'PIECEWISE (--compilation-config \'{"cudagraph_mode": "PIECEWISE"}\'), or leave it '
+            "unset (CROP then picks PIECEWISE)"
         )
     if vllm_config.speculative_config is not None:
         problems.append("speculative decoding is not supported with ILP: remove it")
@@ -127,7 +132,7 @@ class CropConfig(VerifyAndUpdateConfig):
             )
         if not settings.enable_ilp:
             return
-        problems = ilp_problems(vllm_config)
+        problems = ilp_problems(vllm_config, settings)
         if problems:
             raise ValueError(
                 "CROP inner-LLM pruning (crop_enable_ilp=true) cannot run with these engine "
@@ -135,6 +140,10 @@ class CropConfig(VerifyAndUpdateConfig):
             )
         # Cascade attention would share a prefix across requests whose layers >= K differ.
         vllm_config.model_config.disable_cascade_attn = True
+        if vllm_config.compilation_config.cudagraph_mode is None:
+            # vLLM's default would add FULL graphs (see ilp_problems); piecewise graphs keep
+            # attention, and so the kept tokens' metadata, outside the captured pieces.
+            vllm_config.compilation_config.cudagraph_mode = CUDAGraphMode.PIECEWISE
         if settings.ilp_compact_kv:
             problems = compact_kv_problems(vllm_config)
             if problems:

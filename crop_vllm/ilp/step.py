@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
 
 import torch
 from vllm.forward_context import get_forward_context, is_forward_context_available
@@ -14,14 +13,9 @@ FORWARD_CONTEXT_KEY = "crop_ilp"
 
 @dataclass(frozen=True)
 class IlpStep:
-    """Layers >= K run on `kept_rows` of the step's tokens, with this metadata and these slots;
-    `kept_rows` None: the step keeps no token, layers >= K do not run."""
+    """Layers >= K run on `kept_rows` of the step's tokens (ascending; empty: none)."""
 
-    kept_rows: torch.Tensor | None
-    #: Attention layer name -> backend metadata built for the kept tokens.
-    attn_metadata: dict[str, Any]
-    #: Attention layer name -> KV slot of each kept token (compacted positions).
-    slot_mapping: dict[str, torch.Tensor]
+    kept_rows: torch.Tensor
 
 
 def current_step() -> IlpStep | None:

@@ -8,8 +8,10 @@ metadata was built. Dummy and profiling runs call the model directly, not throug
 When the model is a CROP model with ILP on (`model.crop_ilp`), the patch computes the step's
 compaction (`crop_vllm.ilp.plan.compact_step`) from each request's dropped prompt positions,
 builds attention metadata for the kept tokens (compacted query_start_loc / seq_lens, slots read
-from each request's block table at the compacted positions) and hands both to the model in
-`ForwardContext.additional_kwargs`.
+from each request's block table at the compacted positions), installs it in the forward context
+for the attention layers >= K, and hands the kept rows to the decoder split in
+`ForwardContext.additional_kwargs`. A step that drops rows runs without CUDA graphs (graphs are
+captured for full-size batches); one that keeps every row (decode) keeps them.
 
 The kept tokens' metadata comes from metadata builders of ILP's own, one per attention group
 (`IlpRunnerState`): several backends keep state in their builder (FlashInfer's planned wrappers
@@ -27,6 +29,7 @@ from typing import Any
 
 import numpy as np
 import torch
+from vllm.config import CUDAGraphMode
 from vllm.forward_context import get_forward_context
 from vllm.logger import init_logger
 from vllm.v1.attention.backend import CommonAttentionMetadata
@@ -54,9 +57,7 @@ def apply() -> None:
     def _model_forward(self: GPUModelRunner, *args: Any, **kwargs: Any) -> Any:
         ilp = getattr(self.get_model(), "crop_ilp", None)
         if ilp is not None:
-            step = build_step(self, ilp)
-            if step is not None:
-                get_forward_context().additional_kwargs[FORWARD_CONTEXT_KEY] = step
+            install_step(self, ilp)
         return stock_model_forward(self, *args, **kwargs)
 
     GPUModelRunner._model_forward = _model_forward  # type: ignore[method-assign]
@@ -149,26 +150,32 @@ def runner_state(runner: GPUModelRunner) -> IlpRunnerState:
     return state
 
 
-def build_step(runner: GPUModelRunner, ilp: Any) -> IlpStep | None:
-    """The step's `IlpStep`, or None when no request in the batch drops a token."""
+def install_step(runner: GPUModelRunner, ilp: Any) -> None:
+    """Compact the step for layers >= K and put what they need in the forward context (nothing
+    when no request in the batch drops a token)."""
     state = runner_state(runner)
     num_reqs = runner.input_batch.num_reqs
     query_start_loc = runner.query_start_loc.cpu[: num_reqs + 1].numpy()
+    num_scheduled = np.diff(query_start_loc)
     compaction = compact_step(
         state.request_drops(runner, ilp),
         runner.input_batch.num_computed_tokens_cpu[:num_reqs],
-        np.diff(query_start_loc),
+        num_scheduled,
     )
     if compaction is None:
-        return None
-    if compaction.num_tokens == 0:
-        return IlpStep(kept_rows=None, attn_metadata={}, slot_mapping={})
+        return
+    context = get_forward_context()
     state.staging.stage(compaction)
-    attn_metadata, slot_mapping = _kept_metadata(runner, state, compaction)
-    return IlpStep(
-        kept_rows=state.staging.kept_rows.gpu[: compaction.num_tokens],
-        attn_metadata=attn_metadata,
-        slot_mapping=slot_mapping,
+    if compaction.num_tokens:
+        attn_metadata, slot_mapping = _kept_metadata(runner, state, compaction, ilp)
+    else:  # no kept token: attention of layers >= K returns at once, no KV is written
+        attn_metadata = slot_mapping = dict.fromkeys(ilp.pruned_layer_names)
+    context.attn_metadata = {**context.attn_metadata, **attn_metadata}  # type: ignore[dict-item]
+    context.slot_mapping = {**context.slot_mapping, **slot_mapping}  # type: ignore[dict-item]
+    if compaction.num_tokens < int(num_scheduled.sum()):
+        context.cudagraph_runtime_mode = CUDAGraphMode.NONE
+    context.additional_kwargs[FORWARD_CONTEXT_KEY] = IlpStep(
+        kept_rows=state.staging.kept_rows.gpu[: compaction.num_tokens]
     )
 
 
@@ -194,9 +201,9 @@ def _check_compacted_allocation(
 
 
 def _kept_metadata(
-    runner: GPUModelRunner, state: IlpRunnerState, compaction: StepCompaction
+    runner: GPUModelRunner, state: IlpRunnerState, compaction: StepCompaction, ilp: Any
 ) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
-    """Per attention layer: backend metadata and KV slots for the kept tokens."""
+    """Per attention layer >= K: backend metadata and KV slots for the kept tokens."""
     staging = state.staging
     num_reqs = runner.input_batch.num_reqs
     num_kept_reqs = len(compaction.requests)
@@ -215,8 +222,12 @@ def _kept_metadata(
         spec = group.kv_cache_spec
         if not isinstance(spec, FullAttentionSpec):
             raise NotImplementedError(f"ILP supports full-attention KV caches only, got {spec}")
-        if isinstance(spec, IlpAttentionSpec) and not spec.ilp_compacted:
-            continue  # layers < K: they ran with the stock metadata
+        layer_names = [
+            [name for name in group.layer_names if name in ilp.pruned_layer_names]
+            for group in state.groups[group_id]
+        ]
+        if not any(layer_names):
+            continue  # layers < K only: they run with the stock metadata
         block_table = runner.input_batch.block_table[group_id]
         table = block_table.get_device_tensor(num_reqs)
         block_size = block_table.block_size
@@ -241,9 +252,11 @@ def _kept_metadata(
             is_prefilling=is_prefilling,
             positions=compact_positions,
         )
-        for attn_group in state.groups[group_id]:
+        for attn_group, names in zip(state.groups[group_id], layer_names, strict=True):
+            if not names:
+                continue
             metadata = attn_group.build_metadata(common)
-            for layer_name in attn_group.layer_names:
+            for layer_name in names:
                 attn_metadata[layer_name] = metadata
                 slot_mapping[layer_name] = slots
     return attn_metadata, slot_mapping
