@@ -131,8 +131,9 @@ class Workload:
         self.token_layer_bytes = 2 * kv_heads * head_dim * 4  # float32 on CPU
 
     def kv_cache_bytes(self, stock_tokens_per_request: int) -> int:
-        """Bytes that hold `--fit` stock requests of `stock_tokens_per_request` tokens."""
-        blocks = math.ceil(stock_tokens_per_request / self.args.block_size) * self.args.fit
+        """Bytes that hold `--fit` stock requests of `stock_tokens_per_request` tokens (plus the
+        block vLLM keeps for itself)."""
+        blocks = math.ceil(stock_tokens_per_request / self.args.block_size) * self.args.fit + 1
         return int(blocks * self.args.block_size * self.num_layers * self.token_layer_bytes)
 
     def layer_blocks(self, sample: Sample, mode: str | None, settings: dict[str, object]) -> int:
