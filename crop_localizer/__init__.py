@@ -11,13 +11,6 @@ from crop_localizer.errors import (
     LocalizerOverloaded,
     LocalizerStartupError,
 )
-from crop_localizer.images import (
-    CorruptImageError,
-    EmptyImageError,
-    ImageDecodeError,
-    ImageTooLargeError,
-    decode_image,
-)
 from crop_localizer.localizer import (
     Localizer,
     NoneLocalizer,
@@ -30,11 +23,7 @@ from crop_localizer.results import Detection, LocalizationResult, RegionSource
 
 __all__ = [
     "PAPER_GRID",
-    "CorruptImageError",
     "Detection",
-    "EmptyImageError",
-    "ImageDecodeError",
-    "ImageTooLargeError",
     "LocalizationResult",
     "Localizer",
     "LocalizerClosed",
@@ -49,6 +38,5 @@ __all__ = [
     "RegionRule",
     "RegionSource",
     "build_localizer",
-    "decode_image",
     "localize_with_client_regions",
 ]

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from enum import StrEnum
 from pathlib import Path
 
@@ -16,7 +16,8 @@ class LocalizerKind(StrEnum):
 
 @dataclass(frozen=True)
 class LocalizerConfig:
-    """How to build a localizer (see `build_localizer`).
+    """How to build a localizer (see `build_localizer`). Fields whose metadata names a flag are
+    `crop-server serve` options (`server.flags`).
 
     weights: `yolov8{s,m,l,x}-worldv2.pt` (required for yolo-world; never downloaded).
     clip_weights: a local CLIP ViT-B/32 checkpoint: open vocabulary, needs the `clip` package.
@@ -31,20 +32,55 @@ class LocalizerConfig:
     """
 
     kind: LocalizerKind = LocalizerKind.YOLO_WORLD
-    weights: Path | None = None
-    clip_weights: Path | None = None
-    vocab_embeddings: Path | None = None
-    conf: float = 0.25
+    weights: Path | None = field(
+        default=None,
+        metadata={"flag": "--localizer-weights", "type": Path, "help": "yolov8*-worldv2.pt"},
+    )
+    clip_weights: Path | None = field(
+        default=None,
+        metadata={
+            "flag": "--localizer-clip-weights",
+            "type": Path,
+            "help": "local CLIP ViT-B/32 checkpoint (open vocabulary)",
+        },
+    )
+    vocab_embeddings: Path | None = field(
+        default=None,
+        metadata={
+            "flag": "--localizer-vocab-embeddings",
+            "type": Path,
+            "help": ".npz from `python -m crop_localizer.embed_vocab`",
+        },
+    )
+    conf: float = field(
+        default=0.25, metadata={"flag": "--localizer-conf", "help": "minimum detection confidence"}
+    )
     iou: float = 0.7
     top_k: int = 3
     margin: float = 0.1
     min_size: float = 0.25
-    imgsz: int = 640
+    imgsz: int = field(
+        default=640,
+        metadata={
+            "flag": "--localizer-imgsz",
+            "help": "detector input side in px (multiple of 32): smaller is cheaper, finds less",
+        },
+    )
     max_phrases: int = 4
-    max_batch: int = 8
-    max_wait_ms: float = 5.0
+    max_batch: int = field(
+        default=8, metadata={"flag": "--localizer-max-batch", "help": "images per detector forward"}
+    )
+    max_wait_ms: float = field(
+        default=5.0,
+        metadata={
+            "flag": "--localizer-max-wait-ms",
+            "help": "longest wait for a detector batch to fill",
+        },
+    )
     max_queue: int = 64
-    device: str = "cpu"
+    device: str = field(
+        default="cpu", metadata={"flag": "--localizer-device", "help": "torch device"}
+    )
     half: bool = False
 
     def __post_init__(self) -> None:

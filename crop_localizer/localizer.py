@@ -7,8 +7,9 @@ without a region means "do not prune this image".
 
 from __future__ import annotations
 
+import asyncio
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Protocol, runtime_checkable
 
 from PIL import Image
@@ -42,7 +43,11 @@ class NoneLocalizer:
     ) -> list[LocalizationResult]:
         if len(images) != len(questions):
             raise ValueError(f"{len(images)} images but {len(questions)} questions")
-        return [LocalizationResult(None, None, reason=DISABLED_REASON) for _ in images]
+        return self.disabled(len(images))
+
+    @staticmethod
+    def disabled(count: int) -> list[LocalizationResult]:
+        return [LocalizationResult(None, None, reason=DISABLED_REASON) for _ in range(count)]
 
     async def aclose(self) -> None:
         return None
@@ -105,20 +110,26 @@ def build_localizer(
 
 async def localize_with_client_regions(
     localizer: Localizer,
-    images: Sequence[Image.Image],
+    pixels: Callable[[int], Image.Image],
     questions: Sequence[str],
     client_regions: Sequence[Region | None],
 ) -> list[LocalizationResult]:
     """Client regions win; the localizer runs only on the images without one.
 
+    `pixels(i)` decodes image i; it is called (off the event loop) only for the images the
+    localizer looks at, and never for the `none` localizer, which does not look at pixels.
     A client region is returned exactly as given (source CLIENT) with the paper-grid cells that
     cover it, so the pruning matches what the client asked for.
     """
-    if not len(images) == len(questions) == len(client_regions):
-        raise ValueError("images, questions and client_regions must have the same length")
+    if len(questions) != len(client_regions):
+        raise ValueError("questions and client_regions must have the same length")
     started = time.perf_counter()
     todo = [i for i, region in enumerate(client_regions) if region is None]
-    found = await localizer.localize([images[i] for i in todo], [questions[i] for i in todo])
+    if isinstance(localizer, NoneLocalizer):
+        found = NoneLocalizer.disabled(len(todo))
+    else:
+        images = await asyncio.to_thread(lambda: [pixels(i) for i in todo])
+        found = await localizer.localize(images, [questions[i] for i in todo])
     by_index = dict(zip(todo, found, strict=True))
     elapsed = time.perf_counter() - started
     results = []

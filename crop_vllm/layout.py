@@ -88,10 +88,6 @@ class CellBox:
     def contains(self, row: int, col: int) -> bool:
         return self.row0 <= row < self.row1 and self.col0 <= col < self.col1
 
-    @property
-    def num_cells(self) -> int:
-        return (self.row1 - self.row0) * (self.col1 - self.col0)
-
     def to_region(self, rows: int, cols: int) -> Region:
         """The normalized rectangle these cells cover."""
         return Region(self.col0 / cols, self.row0 / rows, self.col1 / cols, self.row1 / rows)
@@ -159,10 +155,6 @@ class Layout:
     @property
     def positions(self) -> tuple[tuple[int, int], ...]:
         return tuple((t.row, t.col) for t in self.tokens)
-
-    @property
-    def inside_mask(self) -> tuple[bool, ...]:
-        return tuple(t.inside for t in self.tokens)
 
     def row_ends(self) -> tuple[int, ...]:
         """Indices of the last token of each grid row that keeps any token (for row separators)."""
@@ -238,13 +230,6 @@ def build_layout_in_box(
 def _identity_layout(rows: int, cols: int) -> Layout:
     tokens = tuple(Token(r, c, (r * cols + c,), True) for r in range(rows) for c in range(cols))
     return Layout(rows, cols, tokens)
-
-
-def num_kept_tokens(
-    rows: int, cols: int, region: Region | None, settings: PLCSettings = PLCSettings()
-) -> int:
-    """How many tokens PLC keeps: what the processor reserves as placeholders."""
-    return len(build_layout(rows, cols, region, settings))
 
 
 @lru_cache(maxsize=1024)

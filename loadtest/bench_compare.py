@@ -48,9 +48,9 @@ import httpx
 import numpy as np
 from tqdm import tqdm
 
+from crop_vllm.options import CropSettings
 from crop_vllm.testing.photos import photo_jpeg
 from crop_vllm.testing.servers import free_port
-from server.config import CropDefaults
 
 QUARTER = [0.0, 0.0, 0.5, 0.5]
 QUESTIONS = (
@@ -139,7 +139,7 @@ def downscaled_size(model: str, width: int, height: int) -> tuple[int, int, int,
     from crop_vllm.layout import CropMode, Region
     from server.accounting import ModelGeometry
 
-    geometry = ModelGeometry.load(model, CropDefaults().hf_overrides())
+    geometry = ModelGeometry.load(model, CropSettings())
     budget = geometry.image_tokens(width, height, Region(*QUARTER), CropMode.PLC).after_plc
     for side in range(width, 0, -1):
         size = (side, max(1, round(side * height / width)))
@@ -154,7 +154,7 @@ def full_visual_tokens(model: str, width: int, height: int) -> int:
     from crop_vllm.layout import CropMode
     from server.accounting import ModelGeometry
 
-    geometry = ModelGeometry.load(model, CropDefaults().hf_overrides())
+    geometry = ModelGeometry.load(model, CropSettings())
     return geometry.image_tokens(width, height, None, CropMode.OFF).full
 
 
@@ -555,7 +555,7 @@ def main(argv: list[str] | None = None) -> int:
             result = asyncio.run(sweep(args, Path(model), urls))
         except RuntimeError as exc:
             raise SystemExit(f"benchmark failed: {exc}\nserver logs: {logs}") from exc
-    ilp_layer = CropDefaults().ilp_layer  # the gateway's and the engine's default K
+    ilp_layer = CropSettings().ilp_layer  # the gateway's and the engine's default K
     rows = with_speedups(
         [level.summary() for level in result["levels"]],
         layers=text_layers(Path(model)),

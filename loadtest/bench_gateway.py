@@ -9,9 +9,13 @@ as subprocesses on loopback ports, then measures:
 1. CROP: through the gateway, streamed, each image first with `crop.mode = off` and then with a
    client region (the top-left quarter): prompt tokens, time to first token and end-to-end
    latency; then both at `--concurrency` (throughput).
-2. Overhead: the same request (one fresh image, a short question, 8 greedy tokens) sent straight
-   to `vllm serve` and then through the gateway, back to back, one at a time; the added latency
-   is the per-pair difference (p50/p99). Then the same workload at `--concurrency` both ways.
+2. The gateway's own cost, against the same `vllm serve`: pairs of requests (each with its own
+   fresh 640x480 JPEG, a short question, 8 tokens), one straight to `vllm serve` and one through
+   the gateway, in alternating order, one at a time: the added latency is the difference of the
+   medians (and the median of the per-pair differences); the gateway's own histogram
+   `crop_gateway_overhead_seconds` (time outside the engine call) is read alongside. Then
+   throughput at saturation (`--saturation` clients, closed loop), direct and through the
+   gateway in alternating blocks.
 
 Every request carries a new image (no processor or prefix cache hits). The weights are random:
 answers are gibberish, the costs are those of a real model of this size. Each section has half of
@@ -23,7 +27,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import base64
-import io
 import json
 import os
 import platform
@@ -38,32 +41,22 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import httpx
-import numpy as np
-from PIL import Image
 
 from crop_vllm.demo import serve_command
+from crop_vllm.testing.photos import photo_jpeg
 from crop_vllm.testing.servers import free_port, wait_until_healthy
 
 QUARTER = [0.0, 0.0, 0.5, 0.5]
 QUESTION = "What is in the top left corner of the picture?"
 MAX_TOKENS = 8
 SIZES = {"llava": (224, 224), "llava_next": (224, 224), "qwen2_5_vl": (448, 448)}
+#: The issue's reference request for the gateway's cost: one 640x480 JPEG.
+OVERHEAD_SIZE = (640, 480)
 
 
-def image_url(seed: int, size: tuple[int, int]) -> str:
-    """A fresh, structured image per request (gradients plus blocks), as a PNG data URL."""
-    width, height = size
-    rng = np.random.default_rng(seed)
-    y, x = np.mgrid[0:height, 0:width]
-    pixels = np.stack([x * 255 / width, y * 255 / height, (x + y) * 127 / (width + height)], -1)
-    for _ in range(6):
-        x0, y0 = rng.integers(0, width - 32), rng.integers(0, height - 32)
-        pixels[y0 : y0 + rng.integers(8, 64), x0 : x0 + rng.integers(8, 64)] = rng.integers(
-            0, 255, 3
-        )
-    buffer = io.BytesIO()
-    Image.fromarray(pixels.clip(0, 255).astype(np.uint8)).save(buffer, format="PNG")
-    return "data:image/png;base64," + base64.b64encode(buffer.getvalue()).decode()
+def jpeg_url(seed: int, size: tuple[int, int]) -> str:
+    """A fresh photo-like JPEG per seed, as a data URL (what most clients send)."""
+    return "data:image/jpeg;base64," + base64.b64encode(photo_jpeg(seed, *size)).decode()
 
 
 def body(model: str, url: str, **extra: object) -> dict:
@@ -72,6 +65,7 @@ def body(model: str, url: str, **extra: object) -> dict:
         "model": model,
         "messages": [{"role": "user", "content": content}],
         "max_tokens": MAX_TOKENS,
+        "ignore_eos": True,  # every answer is MAX_TOKENS long, on both paths
         "temperature": 0,
         **extra,
     }
@@ -180,7 +174,7 @@ async def crop_section(
     for _ in range(args.requests):
         if budget.spent:
             break
-        url = image_url(next(seeds), size)
+        url = jpeg_url(next(seeds), size)
         pairs.append(
             (
                 await stream(client, gateway, body("bench", url, crop=off)),
@@ -208,12 +202,34 @@ async def crop_section(
 
         async def call(_: int, crop: dict = crop) -> Result:
             return await stream(
-                client, gateway, body("bench", image_url(next(seeds), size), crop=crop)
+                client, gateway, body("bench", jpeg_url(next(seeds), size), crop=crop)
             )
 
         results, wall = await closed_loop(args.requests, args.concurrency, call)
         ttft = p50_p99([r.ttft for r in results if r.ttft is not None])
         row(label, f"{len(results) / wall:.2f}", *ttft, *p50_p99([r.latency for r in results]))
+
+
+def overhead_histogram(text: str) -> tuple[float, float, list[tuple[float, float]]]:
+    """(count, sum, cumulative buckets) of `crop_gateway_overhead_seconds` in a scrape."""
+    count = total = 0.0
+    buckets = []
+    for line in text.splitlines():
+        if line.startswith("crop_gateway_overhead_seconds_count"):
+            count = float(line.split()[-1])
+        elif line.startswith("crop_gateway_overhead_seconds_sum"):
+            total = float(line.split()[-1])
+        elif line.startswith("crop_gateway_overhead_seconds_bucket"):
+            bound = line.split('le="', 1)[1].split('"', 1)[0]
+            buckets.append((float(bound), float(line.split()[-1])))
+    return count, total, buckets
+
+
+def bucket_median(before: list[tuple[float, float]], after: list[tuple[float, float]]) -> float:
+    """The upper bound of the bucket holding the median of the requests between two scrapes."""
+    counts = [(le, a - b) for (le, a), (_, b) in zip(after, before, strict=True)]
+    half = counts[-1][1] / 2
+    return next(le for le, n in counts if n >= half)
 
 
 async def overhead_section(
@@ -222,42 +238,79 @@ async def overhead_section(
     gateway: str,
     model: str,
     args: argparse.Namespace,
-    size: tuple[int, int],
     seeds: Iterator[int],
-    budget: Budget,
+    budget_s: float,
 ) -> None:
-    """The same request straight to vllm serve and through the gateway (localizer none)."""
-    pairs = []
-    for _ in range(args.requests):
+    """The gateway's cost against the same vllm serve: fresh images, alternating order; each
+    part (concurrency 1, saturation) has half of `budget_s`."""
+    budget = Budget(budget_s / 2)
+    scraped = (await client.get(gateway + "/metrics")).text
+    pairs: list[tuple[float, float]] = []
+    for index in range(args.pairs):
         if budget.spent:
             break
-        url = image_url(next(seeds), size)
-        straight = await post(client, direct, body(model, url))
-        through = await post(client, gateway, body("bench", url, crop={"mode": "off"}))
+        calls = [
+            lambda: post(client, direct, body(model, jpeg_url(next(seeds), OVERHEAD_SIZE))),
+            lambda: post(client, gateway, body("bench", jpeg_url(next(seeds), OVERHEAD_SIZE))),
+        ]
+        order = calls if index % 2 == 0 else calls[::-1]
+        first, second = [await call() for call in order]
+        straight, through = (first, second) if index % 2 == 0 else (second, first)
         pairs.append((straight.latency, through.latency))
-    print(f"\n## Gateway overhead: {len(pairs)} images, each direct then through the gateway")
+    after = (await client.get(gateway + "/metrics")).text
+    count0, sum0, buckets0 = overhead_histogram(scraped)
+    count1, sum1, buckets1 = overhead_histogram(after)
+    direct_ms = [d for d, _ in pairs]
+    through_ms = [g for _, g in pairs]
+    print(
+        f"\n## The gateway's cost: {len(pairs)} pairs, one 640x480 JPEG each, concurrency 1, "
+        "alternating order, a fresh image per request"
+    )
     row("path", "p50 ms", "p99 ms")
     row("---", "---:", "---:")
-    row("vllm serve direct", *p50_p99([d for d, _ in pairs]))
-    row("through the gateway", *p50_p99([g for _, g in pairs]))
-    row("added (per pair)", *p50_p99([g - d for d, g in pairs]))
+    row("vllm serve direct", *p50_p99(direct_ms))
+    row("through the gateway", *p50_p99(through_ms))
+    print(
+        f"\nadded p50 (difference of medians): "
+        f"{ms(statistics.median(through_ms) - statistics.median(direct_ms))} ms; "
+        f"median of per-pair differences: "
+        f"{ms(statistics.median(g - d for d, g in pairs))} ms"
+    )
+    if count1 > count0:
+        print(
+            f"server side, crop_gateway_overhead_seconds: mean "
+            f"{ms((sum1 - sum0) / (count1 - count0))} ms, median <= "
+            f"{ms(bucket_median(buckets0, buckets1))} ms (bucket bound), "
+            f"{count1 - count0:.0f} requests"
+        )
 
-    print(f"\n## Overhead under load (concurrency {args.concurrency}, {args.requests} requests)")
-    row("path", "req/s", "p50 ms", "p99 ms")
-    row("---", "---:", "---:", "---:")
-    for label, url, name, extra in (
-        ("vllm serve direct", direct, model, {}),
-        ("through the gateway", gateway, "bench", {"crop": {"mode": "off"}}),
-    ):
-        if budget.spent:
-            print("(budget spent; stopping this section)")
-            return
+    print(
+        f"\n## Throughput at saturation ({args.saturation} clients, {args.requests} requests "
+        f"per block, blocks alternating, {args.blocks} each)"
+    )
+    budget = Budget(budget_s / 2)
+    rates: dict[str, list[float]] = {"vllm serve direct": [], "through the gateway": []}
+    targets = [("vllm serve direct", direct, model), ("through the gateway", gateway, "bench")]
+    for block in range(args.blocks):
+        for label, url, name in targets if block % 2 == 0 else targets[::-1]:
+            if budget.spent:
+                break
 
-        async def call(_: int, url: str = url, name: str = name, extra: dict = extra) -> Result:
-            return await post(client, url, body(name, image_url(next(seeds), size), **extra))
+            async def call(_: int, url: str = url, name: str = name) -> Result:
+                return await post(client, url, body(name, jpeg_url(next(seeds), OVERHEAD_SIZE)))
 
-        results, wall = await closed_loop(args.requests, args.concurrency, call)
-        row(label, f"{len(results) / wall:.2f}", *p50_p99([r.latency for r in results]))
+            results, wall = await closed_loop(args.requests, args.saturation, call)
+            rates[label].append(len(results) / wall)
+    row("path", "req/s (median of blocks)", "blocks")
+    row("---", "---:", "---:")
+    for label, values in rates.items():
+        if values:
+            row(label, f"{statistics.median(values):.2f}", " ".join(f"{v:.2f}" for v in values))
+    if all(rates.values()):
+        ratio = statistics.median(rates["through the gateway"]) / statistics.median(
+            rates["vllm serve direct"]
+        )
+        print(f"\nthroughput through the gateway / direct: {ratio:.3f}")
 
 
 async def run(args: argparse.Namespace, direct: str, gateway: str, model: str) -> None:
@@ -266,11 +319,10 @@ async def run(args: argparse.Namespace, direct: str, gateway: str, model: str) -
     async with httpx.AsyncClient(timeout=300) as client:
         # Warm both paths (first-request costs are neither overhead nor savings).
         for url, name in ((direct, model), (gateway, "bench")):
-            await post(client, url, body(name, image_url(next(seeds), size)))
-        await crop_section(client, gateway, args, size, seeds, Budget(args.budget_s / 2))
-        await overhead_section(
-            client, direct, gateway, model, args, size, seeds, Budget(args.budget_s / 2)
-        )
+            await post(client, url, body(name, jpeg_url(next(seeds), size)))
+        if not args.overhead_only:
+            await crop_section(client, gateway, args, size, seeds, Budget(args.budget_s / 2))
+        await overhead_section(client, direct, gateway, model, args, seeds, args.budget_s)
 
 
 def main() -> None:
@@ -278,7 +330,11 @@ def main() -> None:
     parser.add_argument("--arch", default="llava", choices=sorted(SIZES))
     parser.add_argument("--requests", type=int, default=16)
     parser.add_argument("--concurrency", type=int, default=4)
-    parser.add_argument("--budget-s", type=float, default=240.0, help="measurement time limit")
+    parser.add_argument("--pairs", type=int, default=40, help="concurrency-1 pairs")
+    parser.add_argument("--saturation", type=int, default=8, help="clients at saturation")
+    parser.add_argument("--blocks", type=int, default=4, help="saturation blocks per path")
+    parser.add_argument("--overhead-only", action="store_true", help="skip the CROP section")
+    parser.add_argument("--budget-s", type=float, default=600.0, help="measurement time limit")
     parser.add_argument("--cache", type=Path, default=Path.home() / ".cache/crop-serving/bench")
     args = parser.parse_args()
 
@@ -296,7 +352,10 @@ def main() -> None:
     bin_dir = Path(sys.executable).parent
     with ExitStack() as stack, tempfile.TemporaryDirectory() as logs:
         vllm_log, gateway_log = Path(logs) / "vllm.log", Path(logs) / "gateway.log"
-        extra = ["--dtype", "float32", "--max-num-seqs", "8", "--mm-processor-cache-gb", "0"]
+        extra = [
+            "--dtype", "float32", "--max-num-seqs", "8", "--mm-processor-cache-gb", "0",
+            "--enable-prompt-tokens-details",
+        ]  # fmt: skip
         vllm = start(serve_command(checkpoint, "127.0.0.1", vllm_port, extra), vllm_log, env)
         stack.callback(stop, vllm)
         wait_until_healthy(direct, vllm, vllm_log, timeout=900)

@@ -35,9 +35,10 @@ class ModelGeometry:
 
     @classmethod
     def load(
-        cls, model: str, crop_overrides: dict[str, object], trust_remote_code: bool = False
+        cls, model: str, settings: CropSettings, trust_remote_code: bool = False
     ) -> ModelGeometry:
-        """Read `model`'s configs (local files or the hub cache); CROP keys applied on top.
+        """Read `model`'s configs (local files or the hub cache), with `settings` applied on top
+        as the engine receives them.
 
         `trust_remote_code` as for the engine: InternVL chat checkpoints bring their config
         class as remote code.
@@ -50,14 +51,14 @@ class ModelGeometry:
             crop_architecture = family_of_architecture(architecture).crop_architecture
         except ValueError as exc:
             raise ValueError(f"{model}: {exc}") from None
-        for key, value in crop_overrides.items():
+        for key, value in settings.to_hf_overrides().items():
             setattr(hf_config, key, value)
         processor = image_processor_settings(model, hf_config)
         return cls(hf_config, processor, CropSettings.from_hf_config(hf_config), crop_architecture)
 
-    def hf_overrides(self, crop_overrides: dict[str, object]) -> dict[str, object]:
-        """What the embedded engine loads the model with: the CROP class and settings."""
-        return {"architectures": [self.crop_architecture], **crop_overrides}
+    def engine_hf_overrides(self) -> dict[str, object]:
+        """What an engine loads the model with: the CROP class and settings."""
+        return {"architectures": [self.crop_architecture], **self.settings.to_hf_overrides()}
 
     def grids(self, width: int, height: int) -> list[Grid]:
         return image_grids(self.hf_config, self.image_processor, height, width)

@@ -1,4 +1,8 @@
-"""The gateway's settings, validated once at startup (the CLI builds them from flags)."""
+"""The gateway's settings, validated once at startup (the CLI builds them from flags).
+
+Each field that is also a command-line flag names it in its metadata (`server.flags`), so its
+default and help are written here only.
+"""
 
 from __future__ import annotations
 
@@ -6,7 +10,7 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from crop_localizer import LocalizerConfig, LocalizerKind
-from crop_vllm.layout import CropMode
+from crop_vllm.options import CropSettings
 from server.images import ImageLimits
 from server.protocol import RequestCropMode
 
@@ -15,57 +19,52 @@ EngineKind = Literal["embedded", "remote"]
 
 @dataclass(frozen=True)
 class CropDefaults:
-    """Server-wide CROP settings; they become the engine's `hf_overrides` keys, so the gateway's
-    token accounting and the engine's pruning use the same numbers.
+    """The gateway's CROP configuration: the plugin's server settings (the engine loads them as
+    HF-config keys, so the gateway's token accounting and the engine's pruning use the same
+    numbers) and the mode of requests without a `crop` field (`auto`: the settings'
+    `default_mode` on the regions the localizer or the client gives)."""
 
-    `request_mode` applies to requests without a `crop` field; `default_mode` is the pruning
-    that `auto` stands for. ILP modes need `enable_ilp` (the engine then runs eager and without
-    prefix caching).
-    """
-
+    settings: CropSettings = field(default_factory=CropSettings)
     request_mode: RequestCropMode = "auto"
-    default_mode: CropMode = CropMode.PLC
-    inside_stride: int = 1
-    outside_stride: int = 4
-    drop_outside: bool = False
-    ilp_layer: int = 2
-    enable_ilp: bool = False
-
-    def __post_init__(self) -> None:
-        object.__setattr__(self, "default_mode", CropMode(self.default_mode))
-        if self.default_mode is CropMode.OFF:
-            raise ValueError("default_mode is the pruning `auto` applies; use request_mode 'off'")
-        if self.default_mode.uses_ilp and not self.enable_ilp:
-            raise ValueError(f"default mode {self.default_mode.value!r} needs enable_ilp")
-
-    def hf_overrides(self) -> dict[str, object]:
-        return {
-            "crop_inside_stride": self.inside_stride,
-            "crop_outside_stride": self.outside_stride,
-            "crop_drop_outside": self.drop_outside,
-            "crop_ilp_layer": self.ilp_layer,
-            "crop_enable_ilp": self.enable_ilp,
-            "crop_default_mode": self.default_mode.value,
-        }
 
 
 @dataclass(frozen=True)
 class Limits:
     """Per-request and server-wide limits (each one answers with a documented error)."""
 
-    max_concurrent_requests: int = 64
+    max_concurrent_requests: int = field(
+        default=64, metadata={"flag": "--max-concurrent-requests", "help": "beyond this: 429"}
+    )
     retry_after_s: int = 1
-    max_images: int = 4
-    max_body_bytes: int = 64 * 1024 * 1024
-    max_n: int = 4
-    max_tokens: int = 4096
-    default_max_tokens: int = 512
+    max_images: int = field(default=4, metadata={"flag": "--max-images", "help": "per request"})
+    max_body_bytes: int = field(
+        default=64 * 1024 * 1024,
+        metadata={"flag": "--max-body-bytes", "help": "larger request bodies: 413"},
+    )
+    max_n: int = field(
+        default=4, metadata={"flag": "--max-n", "help": "largest n (choices per request)"}
+    )
+    max_tokens: int = field(
+        default=4096,
+        metadata={"flag": "--max-tokens", "help": "largest max_tokens a request may ask"},
+    )
+    default_max_tokens: int | None = field(
+        default=None,
+        metadata={
+            "flag": "--default-max-tokens",
+            "type": int,
+            "help": "max_tokens of requests that give none (default: as vLLM, the rest of "
+            "the model's context)",
+        },
+    )
 
     def __post_init__(self) -> None:
         for name in ("max_concurrent_requests", "max_images", "max_body_bytes", "max_n"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1")
-        if not 1 <= self.default_max_tokens <= self.max_tokens:
+        if self.default_max_tokens is not None and not (
+            1 <= self.default_max_tokens <= self.max_tokens
+        ):
             raise ValueError("default_max_tokens must lie in [1, max_tokens]")
 
 
@@ -83,10 +82,24 @@ class GatewayConfig:
 
     model: str
     served_model_name: str | None = None
-    engine: EngineKind = "embedded"
+    engine: EngineKind = field(
+        default="embedded",
+        metadata={
+            "flag": "--engine",
+            "choices": ("embedded", "remote"),
+            "help": "vLLM in this process, or `vllm serve` backends (--backend)",
+        },
+    )
     engine_args: dict[str, Any] = field(default_factory=dict)
     remote_urls: tuple[str, ...] = ()
-    remote_retry_interval_s: float = 5.0
+    remote_retry_interval_s: float = field(
+        default=5.0,
+        metadata={
+            "flag": "--backend-retry-interval",
+            "metavar": "SECONDS",
+            "help": "how often backends are probed (health, CROP settings)",
+        },
+    )
     crop: CropDefaults = field(default_factory=CropDefaults)
     localizer: LocalizerConfig = field(
         default_factory=lambda: LocalizerConfig(kind=LocalizerKind.NONE)

@@ -5,8 +5,8 @@ every host name is resolved here and *every* address it resolves to must be allo
 connection then goes to that checked address (the host name is kept for the Host header and TLS
 SNI), so a second DNS answer cannot swap in another target. Redirects are followed by hand and
 each hop is checked again. Private, loopback, link-local and other non-global addresses are
-refused unless a configured network allows them. Decoding is `crop_localizer.decode_image`, the
-project's one image decoder, so the localizer and the engine see the same pixels.
+refused unless a configured network allows them. Decoding is `server.decoding`, the project's
+one image decoder, so the localizer and the engine see the same pixels.
 """
 
 from __future__ import annotations
@@ -17,13 +17,12 @@ import binascii
 import ipaddress
 import socket
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from urllib.parse import unquote_to_bytes, urljoin, urlsplit, urlunsplit
 
 import httpx
-from PIL import Image
 
-from crop_localizer import ImageDecodeError, ImageTooLargeError, decode_image
+from server.decoding import ImageDecodeError, ImageTooLargeError, LoadedImage, load_image
 
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
@@ -37,14 +36,53 @@ class ImageLimits:
     `allow_public` False restricts fetching to those networks alone (useful for tests and
     closed deployments); `fetch_urls` False accepts data: URLs only."""
 
-    max_bytes: int = 20 * 1024 * 1024
-    max_pixels: int = 40_000_000
-    timeout_s: float = 10.0
-    max_redirects: int = 3
+    max_bytes: int = field(
+        default=20 * 1024 * 1024,
+        metadata={"flag": "--max-image-bytes", "help": "largest image file"},
+    )
+    max_pixels: int = field(
+        default=40_000_000,
+        metadata={"flag": "--max-image-pixels", "help": "largest image (width x height)"},
+    )
+    timeout_s: float = field(
+        default=10.0,
+        metadata={
+            "flag": "--image-fetch-timeout",
+            "metavar": "SECONDS",
+            "help": "longest fetch of an image URL",
+        },
+    )
+    max_redirects: int = field(
+        default=3,
+        metadata={"flag": "--image-max-redirects", "help": "redirects followed per image URL"},
+    )
     content_types: tuple[str, ...] = ("image/",)
-    allowed_networks: tuple[IPNetwork, ...] = ()
-    allow_public: bool = True
-    fetch_urls: bool = True
+    allowed_networks: tuple[IPNetwork, ...] = field(
+        default=(),
+        metadata={
+            "flag": "--allow-image-network",
+            "action": "append",
+            "type": lambda cidr: ipaddress.ip_network(cidr, strict=False),
+            "metavar": "CIDR",
+            "help": "let image URLs reach this otherwise refused (private) network, repeatable",
+        },
+    )
+    allow_public: bool = field(
+        default=True,
+        metadata={
+            "flag": "--no-public-image-urls",
+            "action": "store_false",
+            "help": "fetch image URLs only from --allow-image-network networks",
+        },
+    )
+    fetch_urls: bool = field(
+        default=True,
+        metadata={
+            "flag": "--no-image-urls",
+            "action": "store_false",
+            "help": "accept data: URLs only",
+        },
+    )
 
     def __post_init__(self) -> None:
         if self.max_bytes < 1 or self.max_pixels < 1 or self.timeout_s <= 0:
@@ -86,7 +124,7 @@ class _Target:
 
 
 class ImageLoader:
-    """Turns `image_url.url` strings into decoded RGB images."""
+    """Turns `image_url.url` strings into `LoadedImage`s (header checked, limits applied)."""
 
     def __init__(self, limits: ImageLimits, client: httpx.AsyncClient | None = None) -> None:
         self.limits = limits
@@ -97,10 +135,14 @@ class ImageLoader:
     async def aclose(self) -> None:
         await self._client.aclose()
 
-    async def load(self, url: str) -> Image.Image:
+    async def load(self, url: str) -> LoadedImage:
         data = await self.fetch_bytes(url)
+        data_url = url if url[:5].lower() == "data:" else None
         try:
-            return await asyncio.to_thread(decode_image, data, max_pixels=self.limits.max_pixels)
+            loaded = load_image(data, max_pixels=self.limits.max_pixels, data_url=data_url)
+            if loaded.source is None:  # converted: decode now, so a damaged image fails here
+                await asyncio.to_thread(loaded.pixels)
+            return loaded
         except ImageTooLargeError as exc:
             raise ImageError(str(exc), "image_too_large") from None
         except ImageDecodeError as exc:

@@ -10,11 +10,16 @@ from __future__ import annotations
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 from crop_localizer.metrics import LOCALIZER_SECONDS_BUCKETS
+from crop_vllm.layout import CropMode
+from server.protocol import CropUsage
 
 _LATENCY_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0)
+_OVERHEAD_BUCKETS = (0.0005, 0.001, 0.002, 0.003, 0.005, 0.0075, 0.01, 0.02, 0.05, 0.1, 0.5)
 
 
 class GatewayMetrics:
+    """The gateway's metrics and what moves them."""
+
     def __init__(self, registry: CollectorRegistry | None = None) -> None:
         self.registry = registry or CollectorRegistry()
         r = self.registry
@@ -66,7 +71,7 @@ class GatewayMetrics:
         )
         self.ttft = Histogram(
             "crop_time_to_first_token_seconds",
-            "From request arrival to the first generated token.",
+            "From request arrival to the first generated token, of streamed chat requests.",
             buckets=_LATENCY_BUCKETS,
             registry=r,
         )
@@ -77,3 +82,61 @@ class GatewayMetrics:
             buckets=_LATENCY_BUCKETS,
             registry=r,
         )
+
+        self.gateway_overhead = Histogram(
+            "crop_gateway_overhead_seconds",
+            "Time a chat request that reached the engine spent in the gateway outside the engine "
+            "call and the localizer (parsing, image loading, accounting, relaying the answer).",
+            buckets=_OVERHEAD_BUCKETS,
+            registry=r,
+        )
+        self.image_token_checks = Counter(
+            "crop_prompt_token_checks",
+            "Served chat requests whose image tokens in the engine's usage.prompt_tokens "
+            "(vLLM's prompt_tokens_details) were compared with the gateway's "
+            "visual_tokens_after_plc: match, mismatch, or unchecked (the engine reports no "
+            "details: run vllm serve with --enable-prompt-tokens-details).",
+            ["result"],
+            registry=r,
+        )
+        self.backend_up = Gauge(
+            "crop_backend_up",
+            "1 while a remote backend serves requests (alive, CROP settings agree).",
+            ["backend"],
+            registry=r,
+        )
+        self.backend_settings_mismatch = Gauge(
+            "crop_backend_settings_mismatch",
+            "1 while a remote backend's CROP settings or model differ from the gateway's "
+            "(it is out of rotation until they agree).",
+            ["backend"],
+            registry=r,
+        )
+
+    def record_backend(self, url: str, up: bool, mismatch: bool) -> None:
+        self.backend_up.labels(url).set(int(up))
+        self.backend_settings_mismatch.labels(url).set(int(mismatch))
+
+    def record_image_token_check(self, engine: int | None, predicted: int) -> bool:
+        """Count the comparison; False when the engine's image tokens differ from `predicted`."""
+        result = "unchecked" if engine is None else "match" if engine == predicted else "mismatch"
+        self.image_token_checks.labels(result).inc()
+        return result != "mismatch"
+
+    def record_served(
+        self, crop: CropUsage, mode: CropMode, prompt_tokens: int, completion_tokens: int
+    ) -> None:
+        """Count a chat request the engine finished: its tokens, CROP's savings, its images."""
+        self.prompt_tokens.inc(prompt_tokens)
+        self.completion_tokens.inc(completion_tokens)
+        self.visual_tokens.labels("full").inc(crop.visual_tokens_full)
+        self.visual_tokens.labels("after_plc").inc(crop.visual_tokens_after_plc)
+        self.visual_tokens.labels("after_ilp").inc(crop.visual_tokens_after_ilp)
+        self.visual_tokens_saved.inc(crop.visual_tokens_full - crop.visual_tokens_after_ilp)
+        for image in crop.images:
+            self.images.labels(image.region_source or "none").inc()
+        if crop.images and mode is not CropMode.OFF:
+            self.localization_seconds.observe(crop.localizer_seconds)
+            self.localization_batch.observe(
+                sum(image.region_source != "client" for image in crop.images)
+            )

@@ -20,6 +20,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from server.errors import APIError, error_body
 from server.metrics import GatewayMetrics
+from server.request_state import RequestState
 
 logger = logging.getLogger("server.access")
 
@@ -54,8 +55,8 @@ class RequestContextMiddleware:
         given = headers.get(b"x-request-id", b"").decode("latin-1")
         request_id = given if _SANE_ID.match(given) else uuid.uuid4().hex
         token = request_id_var.set(request_id)
-        state = scope.setdefault("state", {})
-        state.update(request_id=request_id, started=started)
+        state = RequestState(request_id, started)
+        state.attach(scope)
         endpoint = COUNTED.get(scope["path"])
         status = 500
 
@@ -83,16 +84,18 @@ class RequestContextMiddleware:
             else:
                 await self.app(scope, _replay(body, receive), send_with_id)
         finally:
-            if state.get("client_gone"):
+            if state.client_gone:
                 status = CLIENT_GONE
-            elif "stream_status" in state:  # a stream that failed after its 200 was sent
-                status = state["stream_status"]
+            elif state.stream_status is not None:  # a stream that failed after its 200 was sent
+                status = state.stream_status
             elapsed = time.perf_counter() - started
             if endpoint is not None:
                 self.metrics.in_flight.labels(endpoint).dec()
-                mode = state.get("crop_mode", "unknown")
-                self.metrics.requests.labels(endpoint, mode, str(status)).inc()
+                self.metrics.requests.labels(endpoint, state.crop_mode, str(status)).inc()
                 self.metrics.latency.labels(endpoint).observe(elapsed)
+                overhead = state.overhead_seconds(elapsed)
+                if overhead is not None:
+                    self.metrics.gateway_overhead.observe(overhead)
             logger.info("%s %s -> %d in %.3fs", scope["method"], scope["path"], status, elapsed)
             request_id_var.reset(token)
 

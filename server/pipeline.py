@@ -12,8 +12,6 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
-from PIL import Image
-
 from crop_localizer import (
     LocalizationResult,
     Localizer,
@@ -23,29 +21,29 @@ from crop_localizer import (
     localize_with_client_regions,
 )
 from crop_vllm.layout import CropMode, Region
-from crop_vllm.options import CropRequestError, encode_plans, parse_request
+from crop_vllm.options import (
+    REQUEST_KEYS,
+    CropRequestError,
+    ImagePlan,
+    encode_plans,
+    parse_request,
+)
 from server.accounting import ModelGeometry
 from server.config import GatewayConfig
-from server.engines import EngineRequest, SamplingOptions
+from server.decoding import LoadedImage
+from server.engines import EngineRequest
+from server.engines.vllm_api import IMAGE_PART_TYPES, VllmChatRequest, image_url_of, media_type_of
 from server.errors import APIError
 from server.images import ImageError, ImageLoader
-from server.protocol import (
-    ChatCompletionRequest,
-    CropImageUsage,
-    CropUsage,
-    Detection,
-    ImagePart,
-    TextPart,
-)
+from server.protocol import ChatCompletionRequest, CropImageUsage, CropUsage, Detection
 
 OFF_REASON = "crop mode is off for this request"
 
 
 @dataclass(frozen=True)
-class _Conversation:
-    """Template-ready messages plus each image's URL, JSON path and question text."""
+class _Images:
+    """A request's image parts, in message order: URL, JSON path and question text of each."""
 
-    messages: list[dict[str, Any]]
     urls: list[str]
     params: list[str]
     questions: list[str]
@@ -53,10 +51,10 @@ class _Conversation:
 
 @dataclass(frozen=True)
 class Prepared:
+    """A request ready for the engine, with what CROP decided for each of its images."""
+
     engine_request: EngineRequest
-    requested_mode: str
     mode: CropMode
-    images: list[Image.Image]
     results: list[LocalizationResult | None]
     crop_usage: CropUsage
 
@@ -78,7 +76,7 @@ class Pipeline:
         return body.crop.mode if body.crop is not None else self.config.crop.request_mode
 
     async def prepare(self, body: ChatCompletionRequest, request_id: str) -> Prepared:
-        if body.model != self.config.model_name:
+        if body.model is not None and body.model != self.config.model_name:
             raise APIError(
                 404,
                 f"the model {body.model!r} does not exist; this server serves "
@@ -86,96 +84,91 @@ class Pipeline:
                 param="model",
                 code="model_not_found",
             )
-        sampling = self.sampling(body)
-        conversation = _conversation(body)
+        request = self._engine_fields(body)
+        found = _images(body.messages)
         limit = self.config.limits.max_images
-        if len(conversation.urls) > limit:
+        if len(found.urls) > limit:
             raise APIError(
                 400,
-                f"the request has {len(conversation.urls)} images; at most {limit} are allowed",
+                f"the request has {len(found.urls)} images; at most {limit} are allowed",
                 param="messages",
                 code="too_many_images",
             )
-        requested = self.requested_mode(body)
-        mode = self._mode(requested)
-        raw_regions = body.crop.regions if body.crop is not None else None
+        mode = self._mode(self.requested_mode(body))
+        client_regions = self._client_regions(body, mode, len(found.urls))
+
+        images = await self._load_images(found)
+        started = time.perf_counter()
+        results = await self._localize(images, found.questions, client_regions, mode)
+        localizer_seconds = time.perf_counter() - started
+        plans = [ImagePlan(mode, None if r is None else r.region) for r in results]
+        pruned = mode is not CropMode.OFF and any(p.region is not None for p in plans)
+        engine_request = EngineRequest(
+            request_id=request_id,
+            request=request,
+            images=images,
+            crop_kwargs=encode_plans(plans if pruned else None),
+        )
+        usage = self._usage(images, results, mode, localizer_seconds)
+        return Prepared(engine_request, mode, results, usage)
+
+    def _engine_fields(self, body: ChatCompletionRequest) -> VllmChatRequest:
+        """The request's vLLM fields (without `crop`), checked against the gateway's limits."""
+        limits = self.config.limits
+        fields = {name: vars(body)[name] for name in VllmChatRequest.model_fields}
+        asked = fields["max_completion_tokens"] or fields["max_tokens"]  # (the latter deprecated)
+        if asked is not None and asked > limits.max_tokens:
+            raise APIError(
+                400,
+                f"max_completion_tokens is {asked}; this server allows at most {limits.max_tokens}",
+                param="max_completion_tokens" if body.max_completion_tokens else "max_tokens",
+                code="invalid_value",
+            )
+        if (body.n or 1) > limits.max_n:
+            raise APIError(
+                400, f"n is at most {limits.max_n} on this server", param="n", code="invalid_value"
+            )
+        crop_keys = sorted(set(body.mm_processor_kwargs or ()) & set(REQUEST_KEYS))
+        if crop_keys:
+            raise APIError(
+                400,
+                f"mm_processor_kwargs.{crop_keys[0]} is the gateway's to set: use the `crop` "
+                "field instead",
+                param=f"mm_processor_kwargs.{crop_keys[0]}",
+                code="invalid_value",
+            )
+        given = body.model_fields_set - {"crop"}
+        if asked is None and limits.default_max_tokens is not None:
+            fields["max_tokens"] = limits.default_max_tokens
+            given = given | {"max_tokens"}
+        return VllmChatRequest.model_construct(given, **fields)
+
+    def _client_regions(
+        self, body: ChatCompletionRequest, mode: CropMode, num_images: int
+    ) -> list[Region | None]:
+        """The client's regions (one per image, None where it gave none), checked once against
+        the image count and the modes this server runs."""
+        regions = body.crop.parsed_regions if body.crop is not None else None
         try:
             parse_request(
-                {"crop_mode": mode.value, "crop_regions": raw_regions},
-                len(conversation.urls),
+                {"crop_mode": mode.value, "crop_regions": regions},
+                num_images,
                 self.geometry.settings,
             )
         except CropRequestError as exc:
             raise APIError(400, str(exc), param="crop", code="invalid_crop") from None
-
-        images = await self._load_images(conversation)
-        started = time.perf_counter()
-        results = await self._localize(images, conversation.questions, raw_regions, mode)
-        localizer_seconds = time.perf_counter() - started
-        regions = [None if r is None else r.region for r in results]
-        plans = parse_request(
-            {
-                "crop_mode": mode.value,
-                "crop_regions": [None if r is None else r.as_list() for r in regions],
-            },
-            len(images),
-            self.geometry.settings,
-        )
-        engine_request = EngineRequest(
-            request_id=request_id,
-            messages=conversation.messages,
-            images=images,
-            mm_kwargs=encode_plans(plans),
-            sampling=sampling,
-        )
-        usage = self._usage(images, results, mode, localizer_seconds)
-        return Prepared(engine_request, requested, mode, images, results, usage)
-
-    def sampling(self, body: ChatCompletionRequest) -> SamplingOptions:
-        limits = self.config.limits
-        max_tokens = body.max_completion_tokens or body.max_tokens or limits.default_max_tokens
-        if max_tokens > limits.max_tokens:
-            raise APIError(
-                400,
-                f"max_completion_tokens is {max_tokens}; this server allows at most "
-                f"{limits.max_tokens}",
-                param="max_completion_tokens" if body.max_completion_tokens else "max_tokens",
-                code="invalid_value",
-            )
-        if body.n > limits.max_n:
-            raise APIError(
-                400, f"n is at most {limits.max_n} on this server", param="n", code="invalid_value"
-            )
-        if body.top_logprobs is not None and not body.logprobs:
-            raise APIError(
-                400,
-                "top_logprobs needs logprobs: true",
-                param="top_logprobs",
-                code="invalid_value",
-            )
-        stop = (body.stop,) if isinstance(body.stop, str) else tuple(body.stop or ())
-        return SamplingOptions(
-            max_tokens=max_tokens,
-            n=body.n,
-            temperature=1.0 if body.temperature is None else body.temperature,
-            top_p=1.0 if body.top_p is None else body.top_p,
-            seed=body.seed,
-            stop=stop,
-            presence_penalty=body.presence_penalty or 0.0,
-            frequency_penalty=body.frequency_penalty or 0.0,
-            top_logprobs=(body.top_logprobs or 0) if body.logprobs else None,
-        )
+        return list(regions) if regions is not None else [None] * num_images
 
     def _mode(self, requested: str) -> CropMode:
         if requested == "auto":
             return self.geometry.settings.default_mode
         return CropMode(requested)
 
-    async def _load_images(self, conversation: _Conversation) -> list[Image.Image]:
+    async def _load_images(self, found: _Images) -> list[LoadedImage]:
         loaded = await asyncio.gather(
-            *(self.loader.load(url) for url in conversation.urls), return_exceptions=True
+            *(self.loader.load(url) for url in found.urls), return_exceptions=True
         )
-        for param, outcome in zip(conversation.params, loaded, strict=True):
+        for param, outcome in zip(found.params, loaded, strict=True):
             if isinstance(outcome, ImageError):
                 raise APIError(400, outcome.message, param=param, code=outcome.code)
             if isinstance(outcome, BaseException):
@@ -184,20 +177,19 @@ class Pipeline:
 
     async def _localize(
         self,
-        images: list[Image.Image],
+        images: list[LoadedImage],
         questions: list[str],
-        raw_regions: list[list[float] | None] | None,
+        client: list[Region | None],
         mode: CropMode,
     ) -> list[LocalizationResult | None]:
         """A result per image; None where the mode is off (the localizer is not asked)."""
         if mode is CropMode.OFF or not images:
             return [None] * len(images)
-        client = [
-            None if r is None else Region.parse(r) for r in raw_regions or [None] * len(images)
-        ]
         try:
             return list(
-                await localize_with_client_regions(self.localizer, images, questions, client)
+                await localize_with_client_regions(
+                    self.localizer, lambda i: images[i].pixels(), questions, client
+                )
             )
         except LocalizerOverloaded:
             raise APIError(
@@ -213,7 +205,7 @@ class Pipeline:
 
     def _usage(
         self,
-        images: list[Image.Image],
+        images: list[LoadedImage],
         results: list[LocalizationResult | None],
         mode: CropMode,
         localizer_seconds: float,
@@ -259,37 +251,56 @@ class Pipeline:
         )
 
 
-def _text(content: str | list[Any] | None) -> str:
-    if content is None:
-        return ""
+def _text(content: object) -> str:
     if isinstance(content, str):
         return content
-    return " ".join(p.text for p in content if isinstance(p, TextPart))
+    if not isinstance(content, list):
+        return ""
+    return " ".join(
+        str(part.get("text") or "")
+        for part in content
+        if isinstance(part, dict) and media_type_of(part) is None
+    ).strip()
 
 
-def _conversation(body: ChatCompletionRequest) -> _Conversation:
-    """Template messages with `{"type": "image"}` parts; each image's question is the text of
-    its own message, or of the last user message when its message has none."""
-    last_user = next((_text(m.content) for m in reversed(body.messages) if m.role == "user"), "")
-    messages: list[dict[str, Any]] = []
-    urls: list[str] = []
-    params: list[str] = []
-    questions: list[str] = []
-    for m_index, message in enumerate(body.messages):
-        role = "system" if message.role == "developer" else message.role
-        content = message.content
-        if content is None or isinstance(content, str):
-            messages.append({"role": role, "content": content or ""})
+def _images(messages: list[Any]) -> _Images:
+    """Each image part's URL, JSON path and question: the text of its own message, or of the
+    last user message when its message has none. Media the gateway cannot measure (audio,
+    video, embeddings, images by uuid) are refused."""
+    dicts = [(i, m) for i, m in enumerate(messages) if isinstance(m, dict)]  # not Harmony's
+    last_user = next(
+        (_text(m.get("content")) for _, m in reversed(dicts) if m.get("role") == "user"), ""
+    )
+    found = _Images([], [], [])
+    for m_index, message in dicts:
+        content = message.get("content")
+        if not isinstance(content, list):
             continue
-        parts: list[dict[str, Any]] = []
         question = _text(content) or last_user
         for p_index, part in enumerate(content):
-            if isinstance(part, ImagePart):
-                parts.append({"type": "image"})
-                urls.append(part.image_url.url)
-                params.append(f"messages.{m_index}.content.{p_index}.image_url.url")
-                questions.append(question)
-            else:
-                parts.append({"type": "text", "text": part.text})
-        messages.append({"role": role, "content": parts})
-    return _Conversation(messages, urls, params, questions)
+            kind = media_type_of(part)
+            if kind is None:
+                continue
+            param = f"messages.{m_index}.content.{p_index}"
+            if message.get("role") != "user":
+                raise APIError(
+                    400,
+                    f"{param}: images go in user messages (as in OpenAI's API), not in "
+                    f"{message.get('role')!r} messages",
+                    param=param,
+                    code="invalid_value",
+                )
+            url = image_url_of(part) if kind in IMAGE_PART_TYPES else None
+            if url is None or part.get("uuid") is not None:
+                raise APIError(
+                    400,
+                    f"{param}: the gateway takes images as image_url parts with a URL; "
+                    f"{kind} parts are not supported",
+                    param=param,
+                    code="unsupported_content",
+                )
+            found.urls.append(url)
+            nested = isinstance(part.get("image_url"), dict)
+            found.params.append(f"{param}.image_url.url" if nested else f"{param}.image_url")
+            found.questions.append(question)
+    return found

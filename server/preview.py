@@ -9,18 +9,52 @@ picture, so normalized coordinates map straight onto the image.
 
 from __future__ import annotations
 
+import asyncio
 import io
+import json
 from collections.abc import Sequence
 
+from fastapi.responses import Response
 from PIL import Image, ImageDraw
 
 from crop_vllm.geometry import Grid, grid_layout
 from crop_vllm.layout import PLCSettings, Region
+from server.accounting import ModelGeometry
+from server.pipeline import Prepared
 
 _MIN_SIDE = 448  # small images are scaled up so that one-cell outlines stay visible
 _INSIDE = (40, 220, 90)
 _OUTSIDE = (255, 160, 0)
 _REGION = (230, 30, 30)
+
+
+async def preview_response(prepared: Prepared, index: int, geometry: ModelGeometry) -> Response:
+    """The PNG of image `index` of a prepared request, with what CROP keeps in its headers."""
+    result = prepared.results[index]
+    usage = prepared.crop_usage.images[index]
+    region = result.region if result is not None and prepared.mode.uses_plc else None
+    image = prepared.engine_request.images[index]
+    caption = (
+        f"CROP {prepared.mode.value}: {usage.visual_tokens_after_plc} of "
+        f"{usage.visual_tokens_full} visual tokens"
+    )
+    png = await asyncio.to_thread(
+        lambda: render_preview(
+            image.pixels(),
+            geometry.grids(image.width, image.height),
+            region,
+            geometry.settings.plc,
+            caption,
+        )
+    )
+    headers = {
+        "X-Crop-Mode": prepared.mode.value,
+        "X-Crop-Region": json.dumps(usage.region),
+        "X-Crop-Region-Source": usage.region_source or "none",
+        "X-Crop-Visual-Tokens-Full": str(usage.visual_tokens_full),
+        "X-Crop-Visual-Tokens-Kept": str(usage.visual_tokens_after_plc),
+    }
+    return Response(png, media_type="image/png", headers=headers)
 
 
 def render_preview(

@@ -1,25 +1,33 @@
 """The gateway's HTTP contract: pydantic models for requests, responses and errors.
 
 Kept apart from the serving logic so the OpenAPI schema (and the tests that exercise it) describe
-exactly what clients may send and what they get back. The chat models follow OpenAI's Chat
-Completions API; CROP adds the optional request field `crop` and the response field `usage.crop`.
-Unknown request fields are refused (400) rather than silently ignored, so a client never believes
-a parameter took effect when it did not.
+exactly what clients may send and what they get back. The chat models are vLLM's own
+(`server.engines.vllm_api`): every field `vllm serve` accepts is accepted and validated as vLLM
+validates it, and responses are vLLM's. CROP adds the optional request field `crop` and the
+response field `usage.crop`. Fields neither OpenAI nor vLLM knows are refused (400) rather than
+silently ignored, so a client never believes a parameter took effect when it did not.
 """
 
 from __future__ import annotations
 
 from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, field_validator
 
-from crop_vllm.layout import Region
+from crop_vllm.layout import CropMode, Region
+from server.engines.vllm_api import (
+    ChatCompletionResponse,
+    UsageInfo,
+    VllmChatRequest,
+)
 
-#: Modes a client may ask for: `auto` lets the server's default pruning apply to the regions the
-#: localizer (or the client) supplies; the others name the pruning explicitly.
-RequestCropMode = Literal["auto", "off", "plc", "ilp", "plc+ilp"]
-
-_INT64_MIN, _INT64_MAX = -(2**63), 2**63 - 1
+#: The plugin's modes, by name.
+CROP_MODES = tuple(mode.value for mode in CropMode)
+#: Modes a client may ask for: the gateway's own `auto` lets the server's default pruning apply
+#: to the regions the localizer (or the client) supplies; the plugin's modes name it explicitly.
+REQUEST_MODES = ("auto", *CROP_MODES)
+RequestCropMode = Literal[REQUEST_MODES]  # type: ignore[valid-type]
+AppliedCropMode = Literal[CROP_MODES]  # type: ignore[valid-type]
 
 #: [x0, y0, x1, y1] normalized to the image; x0 <= x1 and y0 <= y1 are checked on top.
 RegionList = Annotated[
@@ -34,53 +42,6 @@ class _Strict(BaseModel):
 # --------------------------------------------------------------------------------------------
 # Requests
 # --------------------------------------------------------------------------------------------
-
-
-class TextPart(_Strict):
-    type: Literal["text"]
-    text: str
-
-
-class ImageURL(_Strict):
-    url: str = Field(description="A `data:image/...;base64,` URL or an http(s) URL.")
-    detail: Literal["auto", "low", "high"] | None = Field(
-        None, description="Accepted for compatibility; the model's own resolution applies."
-    )
-
-
-class ImagePart(_Strict):
-    type: Literal["image_url"]
-    image_url: ImageURL
-
-
-UserContentPart = Annotated[TextPart | ImagePart, Field(discriminator="type")]
-
-
-class SystemMessage(_Strict):
-    role: Literal["system", "developer"]
-    content: str | list[TextPart]
-    name: str | None = None
-
-
-class UserMessage(_Strict):
-    role: Literal["user"]
-    content: str | list[UserContentPart]
-    name: str | None = None
-
-
-class AssistantMessage(_Strict):
-    role: Literal["assistant"]
-    content: str | list[TextPart] | None = None
-    name: str | None = None
-
-
-Message = Annotated[SystemMessage | UserMessage | AssistantMessage, Field(discriminator="role")]
-
-
-class StreamOptions(_Strict):
-    include_usage: bool = Field(
-        False, description="Send a last chunk with `usage` (including `usage.crop`)."
-    )
 
 
 class CropOptions(_Strict):
@@ -103,12 +64,12 @@ class CropOptions(_Strict):
         ),
     )
 
+    _parsed: list[Region | None] | None = PrivateAttr(None)
+
     @field_validator("regions")
     @classmethod
     def _valid_regions(cls, value: list[RegionList | None] | None) -> list[RegionList | None]:
-        if value is None:
-            return value
-        for index, raw in enumerate(value):
+        for index, raw in enumerate(value or ()):
             if raw is not None:
                 try:
                     Region.parse(raw)
@@ -116,26 +77,19 @@ class CropOptions(_Strict):
                     raise ValueError(f"regions[{index}]: {exc}") from None
         return value
 
+    def model_post_init(self, context: object, /) -> None:
+        # The regions just validated, kept as `Region`s so they are never parsed again.
+        if self.regions is not None:
+            self._parsed = [None if r is None else Region(*r) for r in self.regions]
 
-class ChatCompletionRequest(_Strict):
-    model: str
-    messages: list[Message] = Field(min_length=1)
-    max_tokens: int | None = Field(None, ge=1, description="Deprecated alias of the next field.")
-    max_completion_tokens: int | None = Field(None, ge=1)
-    temperature: float | None = Field(None, ge=0.0, le=2.0)
-    top_p: float | None = Field(None, gt=0.0, le=1.0)
-    seed: int | None = Field(None, ge=_INT64_MIN, le=_INT64_MAX)
-    stop: str | Annotated[list[str], Field(max_length=4)] | None = Field(
-        None, description="Up to 4 stop strings."
-    )
-    n: int = Field(1, ge=1, description="Completions per request (the server sets a maximum).")
-    presence_penalty: float | None = Field(None, ge=-2.0, le=2.0)
-    frequency_penalty: float | None = Field(None, ge=-2.0, le=2.0)
-    logprobs: bool = False
-    top_logprobs: int | None = Field(None, ge=0, le=20)
-    stream: bool = False
-    stream_options: StreamOptions | None = None
-    user: str | None = None
+    @property
+    def parsed_regions(self) -> list[Region | None] | None:
+        return self._parsed
+
+
+class ChatCompletionRequest(VllmChatRequest):
+    """vLLM's chat completion request, plus CROP's control."""
+
     crop: CropOptions | None = None
 
 
@@ -174,9 +128,7 @@ class CropImageUsage(BaseModel):
 class CropUsage(BaseModel):
     """Visual-token accounting of one request (all images together)."""
 
-    mode: Literal["off", "plc", "ilp", "plc+ilp"] = Field(
-        description="The pruning applied to images that have a region."
-    )
+    mode: AppliedCropMode = Field(description="The pruning applied to images that have a region.")
     visual_tokens_full: int = Field(description="Visual tokens the unpruned model would use.")
     visual_tokens_after_plc: int = Field(
         description="Visual tokens prefilled after pre-LLM compression (PLC)."
@@ -194,70 +146,16 @@ class CropUsage(BaseModel):
     images: list[CropImageUsage]
 
 
-class Usage(BaseModel):
-    prompt_tokens: int
-    completion_tokens: int
-    total_tokens: int
+class Usage(UsageInfo):
+    """vLLM's usage, with what CROP did."""
+
     crop: CropUsage
 
 
-class TopLogprob(BaseModel):
-    token: str
-    logprob: float
-    bytes: list[int] | None
+class ChatCompletion(ChatCompletionResponse):
+    """vLLM's chat completion (the gateway's id and model name), with `usage.crop`."""
 
-
-class TokenLogprob(TopLogprob):
-    top_logprobs: list[TopLogprob]
-
-
-class ChoiceLogprobs(BaseModel):
-    content: list[TokenLogprob] | None
-
-
-FinishReason = Literal["stop", "length"]
-
-
-class AssistantReply(BaseModel):
-    role: Literal["assistant"] = "assistant"
-    content: str
-
-
-class Choice(BaseModel):
-    index: int
-    message: AssistantReply
-    logprobs: ChoiceLogprobs | None = None
-    finish_reason: FinishReason | None
-
-
-class ChatCompletion(BaseModel):
-    id: str
-    object: Literal["chat.completion"] = "chat.completion"
-    created: int
-    model: str
-    choices: list[Choice]
     usage: Usage
-
-
-class Delta(BaseModel):
-    role: Literal["assistant"] | None = None
-    content: str | None = None
-
-
-class ChunkChoice(BaseModel):
-    index: int
-    delta: Delta
-    logprobs: ChoiceLogprobs | None = None
-    finish_reason: FinishReason | None = None
-
-
-class ChatCompletionChunk(BaseModel):
-    id: str
-    object: Literal["chat.completion.chunk"] = "chat.completion.chunk"
-    created: int
-    model: str
-    choices: list[ChunkChoice]
-    usage: Usage | None = None
 
 
 class ModelCard(BaseModel):
@@ -265,11 +163,18 @@ class ModelCard(BaseModel):
     object: Literal["model"] = "model"
     created: int
     owned_by: str = "crop-serving"
+    root: str | None = Field(None, description="The checkpoint the engine serves.")
+    max_model_len: int | None = Field(None, description="The engine's context length.")
 
 
 class ModelList(BaseModel):
     object: Literal["list"] = "list"
     data: list[ModelCard]
+
+
+class Version(BaseModel):
+    version: str = Field(description="This gateway's (crop-serving's) version.")
+    vllm: list[str] = Field(description="The vLLM versions serving (the backends' own).")
 
 
 class Health(BaseModel):

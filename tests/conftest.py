@@ -1,4 +1,5 @@
-"""Shared fixtures: tiny checkpoints (built once per machine) and real vLLM engines."""
+"""Shared fixtures: tiny checkpoints (built once per checkout, in tests/.cache) and real vLLM
+engines, gateways and localizers (the plugin modules below)."""
 
 from __future__ import annotations
 
@@ -17,7 +18,8 @@ pytest.register_assert_rewrite(
     "tests.reference_plc",
 )
 
-from tests.engine_fixtures import crop_engine, vllm_serve  # noqa: E402, F401  (fixtures)
+#: The one way fixtures are shared: these modules are plugins of every test module.
+pytest_plugins = ["tests.engine_fixtures", "tests.gateway_fixtures", "tests.localizer_fixtures"]
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 TINY_CACHE = Path(__file__).parent / ".cache" / "tiny"

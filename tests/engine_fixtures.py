@@ -63,6 +63,7 @@ def vllm_serve(tiny_checkpoint, tmp_path_factory):
         "4",
         "--limit-mm-per-prompt",
         '{"image": 2}',
+        "--enable-prompt-tokens-details",  # the gateway checks its image tokens per response
     ]
     with log.open("w") as out:
         process = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT, env=env)

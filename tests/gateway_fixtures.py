@@ -28,6 +28,7 @@ import openai
 import pytest
 import uvicorn
 from PIL import Image
+from prometheus_client.parser import text_string_to_metric_families
 
 from crop_vllm.testing.servers import free_port
 from server.accounting import ModelGeometry
@@ -45,7 +46,10 @@ os.environ.setdefault("VLLM_CPU_OMP_THREADS_BIND", "nobind")
 T = TypeVar("T")
 MODEL_NAME = "tiny-llava"
 API_KEY = "test-key"
+AUTH = {"Authorization": f"Bearer {API_KEY}"}
 QUARTER = [0.0, 0.0, 0.5, 0.5]
+#: The size of `test_image`'s images.
+IMAGE_SIZE = (224, 160)
 MAX_IMAGE_BYTES = 200_000
 MAX_IMAGE_PIXELS = 600 * 600
 ENGINE_ARGS = {
@@ -77,6 +81,103 @@ def image_message(urls: list[str], question: str = "What is in the top left corn
     content: list[dict[str, Any]] = [{"type": "image_url", "image_url": {"url": u}} for u in urls]
     content.append({"type": "text", "text": question})
     return {"role": "user", "content": content}
+
+
+def chat_body(*messages: dict, **fields: Any) -> dict[str, Any]:
+    """A chat request body for the test gateways (a short text question by default)."""
+    chat = list(messages) or [{"role": "user", "content": "Tell me everything."}]
+    return {"model": MODEL_NAME, "messages": chat, **fields}
+
+
+def ask(live: LiveGateway, messages: list[dict], **kwargs: Any) -> Any:
+    """A chat completion through the official openai client (greedy, 4 tokens by default);
+    `crop=` becomes the `crop` field."""
+    client = openai.OpenAI(base_url=live.api, api_key=API_KEY, max_retries=0, timeout=120)
+    kwargs.setdefault("max_tokens", 4)
+    kwargs.setdefault("temperature", 0)
+    crop = kwargs.pop("crop", None)
+    extra = kwargs.pop("extra_body", None) or {}
+    if crop is not None:
+        extra["crop"] = crop
+    return client.chat.completions.create(
+        model=MODEL_NAME, messages=messages, extra_body=extra or None, **kwargs
+    )
+
+
+def wait_for(condition: Callable[[], bool], timeout: float) -> None:
+    """Poll `condition` until it holds; fail after `timeout` seconds (a bound, not a claim
+    about speed: pass generous ones)."""
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            pytest.fail(f"condition not met within {timeout}s")
+        time.sleep(0.05)
+
+
+Samples = dict[tuple[str, tuple[tuple[str, str], ...]], float]
+
+
+def scrape(live: LiveGateway) -> Samples:
+    """A gateway's `/metrics`, read with prometheus_client's own parser."""
+    response = httpx.get(live.url + "/metrics")
+    assert response.headers["content-type"].startswith("text/plain")
+    return {
+        (sample.name, tuple(sorted(sample.labels.items()))): sample.value
+        for family in text_string_to_metric_families(response.text)
+        for sample in family.samples
+    }
+
+
+class Delta:
+    """How much each sample moved between two scrapes."""
+
+    def __init__(self, before: Samples, after: Samples) -> None:
+        self.before, self.after = before, after
+
+    def __call__(self, name: str, **labels: str) -> float:
+        key = (name, tuple(sorted(labels.items())))
+        return self.after.get(key, 0.0) - self.before.get(key, 0.0)
+
+
+def generated_by_vllm(samples: Samples) -> float:
+    """Tokens vLLM generated so far (its `vllm:generation_tokens_total`)."""
+    return sum(
+        value for (name, _), value in samples.items() if name == "vllm:generation_tokens_total"
+    )
+
+
+@dataclass(frozen=True)
+class TinyTokens:
+    """Visual tokens of one `IMAGE_SIZE` image of the tiny LLaVA, by the plugin's own layout
+    functions: unpruned, and after PLC and ILP on the `QUARTER` region (default settings)."""
+
+    full: int
+    quarter_plc: int
+    quarter_ilp: int
+
+
+@pytest.fixture(scope="session")
+def tiny_tokens(gateway_model) -> TinyTokens:
+    from transformers import AutoConfig, AutoImageProcessor
+
+    from crop_vllm.geometry import image_grids, num_image_tokens
+    from crop_vllm.ilp.plan import image_keep_mask
+    from crop_vllm.layout import CropMode, PLCSettings, Region
+    from crop_vllm.options import ImagePlan
+
+    width, height = IMAGE_SIZE
+    grids = image_grids(
+        AutoConfig.from_pretrained(gateway_model),
+        AutoImageProcessor.from_pretrained(gateway_model).to_dict(),
+        height,
+        width,
+    )
+    region, plc = Region(*QUARTER), PLCSettings()
+    return TinyTokens(
+        full=num_image_tokens(grids, None, plc),
+        quarter_plc=num_image_tokens(grids, region, plc),
+        quarter_ilp=sum(image_keep_mask(grids, ImagePlan(CropMode.ILP, region), plc)),
+    )
 
 
 # --------------------------------------------------------------------------------------------
@@ -147,7 +248,7 @@ def embedded_engine(server_loop, gateway_model) -> Iterator[EmbeddedEngine]:
     """The session's one in-process vLLM engine: the tiny LLaVA under its CROP architecture,
     built as `crop-server` builds it."""
     config = gateway_config(gateway_model, engine_args=ENGINE_ARGS)
-    geometry = ModelGeometry.load(config.model, config.crop.hf_overrides())
+    geometry = ModelGeometry.load(config.model, config.crop.settings)
     engine = build_engine(config, geometry)
     assert isinstance(engine, EmbeddedEngine)
     server_loop.run(engine.start())
@@ -191,6 +292,30 @@ def start_gateway(server_loop, gateway_model, embedded_engine) -> Iterator[Calla
     for live in started:
         if not live.done.done():
             server_loop.stop(live)
+
+
+@pytest.fixture(scope="session")
+def start_remote_gateway(server_loop, vllm_serve) -> Iterator[Callable[..., LiveGateway]]:
+    """`start_remote_gateway(backend_urls, **config_changes) -> LiveGateway`: the remote engine
+    in front of these backends (probed every 0.3 s), stopped at the end of the session."""
+    started: list[LiveGateway] = []
+
+    def start(urls: list[str], **changes: Any) -> LiveGateway:
+        changes.setdefault("remote_retry_interval_s", 0.3)
+        config = gateway_config(vllm_serve.model, engine="remote", remote_urls=tuple(urls))
+        started.append(server_loop.serve(create_app(replace(config, **changes))))
+        return started[-1]
+
+    yield start
+    for live in started:
+        if not live.done.done():
+            server_loop.stop(live)
+
+
+@pytest.fixture(scope="session")
+def remote_gateway(start_remote_gateway, vllm_serve) -> LiveGateway:
+    """A gateway whose one backend is the session's `vllm serve`."""
+    return start_remote_gateway([vllm_serve.url])
 
 
 @pytest.fixture(scope="session")

@@ -1,6 +1,6 @@
 """Shared fixtures of the localizer tests: a random-init YOLO-World and fake text embeddings.
 
-Import the fixtures by name into a test module (`from tests.localizer_fixtures import ...`).
+A plugin of every test module (`tests/conftest.py`); import its helpers by name.
 Ultralytics is pointed at a temporary config folder before anything imports it, and is kept
 offline by `crop_localizer.offline`.
 """

@@ -7,11 +7,13 @@ promtool and its metric names against what the gateway exports. Needs `scripts/c
 
 from __future__ import annotations
 
+import argparse
 import functools
 import json
 import re
 import shutil
 import subprocess
+import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -21,7 +23,9 @@ from prometheus_client import CollectorRegistry
 
 from crop_localizer.metrics import LocalizerMetrics
 from crop_vllm.families import FAMILIES
-from crop_vllm.options import CropSettings
+from crop_vllm.options import CropSettings, setting_fields
+from server.cli import build_parser
+from server.flags import crop_settings
 from server.metrics import GatewayMetrics
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -51,12 +55,16 @@ def run(*command: str, cwd: Path = DEPLOY) -> subprocess.CompletedProcess[str]:
 
 @functools.cache
 def compose_config(
-    *files: Path, profiles: str = "remote", enable_ilp: str | None = None
+    *files: Path, profiles: str = "remote", enable_ilp: str | None = None, env_file: bool = True
 ) -> dict[str, Any]:
-    """The merged compose model as docker-compose resolves it (with deploy/.env, and
-    CROP_ENABLE_ILP when given); cached, so treat it as read-only."""
+    """The merged compose model as docker-compose resolves it (with deploy/.env unless
+    `env_file` is False, and CROP_ENABLE_ILP when given); cached, so treat it as read-only."""
     args = [a for f in files for a in ("-f", str(f))]
-    env = {"PATH": "/usr/bin:/bin", "COMPOSE_PROFILES": profiles}
+    if not env_file:
+        empty = Path(tempfile.mkdtemp()) / "empty.env"
+        empty.write_text("")
+        args += ["--env-file", str(empty)]
+    env = {"PATH": "/usr/bin:/bin", "COMPOSE_PROFILES": profiles, "CROP_MODEL": "m"}
     if enable_ilp is not None:
         env["CROP_ENABLE_ILP"] = enable_ilp
     result = subprocess.run(
@@ -123,13 +131,16 @@ def test_each_profile_starts_its_services(profile, services):
     assert started == services
 
 
-def test_remote_profile_is_the_default_in_the_env_file():
-    env = dict(
+def env_file() -> dict[str, str]:
+    return dict(
         line.split("=", 1)
         for line in (DEPLOY / ".env").read_text().splitlines()
         if line and not line.startswith("#")
     )
-    assert env["COMPOSE_PROFILES"] == "remote"
+
+
+def test_remote_profile_is_the_default_in_the_env_file():
+    assert env_file()["COMPOSE_PROFILES"] == "remote"
 
 
 def test_engine_is_vllm_serve_with_the_crop_architecture_and_request_kwargs():
@@ -137,16 +148,47 @@ def test_engine_is_vllm_serve_with_the_crop_architecture_and_request_kwargs():
     overrides = json.loads(flags(command)["hf-overrides"])
     assert command[:2] == ["vllm", "serve"]
     assert "--trust-request-mm-kwargs" in command
+    assert "--enable-prompt-tokens-details" in command  # the gateway's per-response check
     assert overrides["architectures"][0] in {f.crop_architecture for f in FAMILIES}
 
 
-def test_gateway_prunes_with_the_engine_settings():
-    """The gateway's token accounting is only right when both use the same CROP settings."""
-    services = compose_config(COMPOSE)["services"]
-    engine = json.loads(flags(services["engine"]["command"])["hf-overrides"])
-    gateway = flags(services["gateway"]["command"])
-    assert int(gateway["crop-outside-stride"]) == engine["crop_outside_stride"]
-    assert gateway["crop-default-mode"] == engine["crop_default_mode"]
+def deployed_settings(env_file: bool) -> dict[str, CropSettings]:
+    """Each model service's CROP settings, as its engine or gateway reads them."""
+    services = {
+        **compose_config(COMPOSE, REPLICAS, env_file=env_file)["services"],
+        **compose_config(COMPOSE, profiles="embedded", env_file=env_file)["services"],
+    }
+    found = {}
+    for name in ("engine", "engine-2"):
+        overrides = json.loads(flags(services[name]["command"])["hf-overrides"])
+        assert set(overrides) == {"architectures"} | {s.key for s in setting_fields()}
+        found[name] = CropSettings.from_hf_config(argparse.Namespace(**overrides))
+    for name in ("gateway", "embedded"):
+        command = services[name]["command"]
+        assert {s.key.replace("_", "-") for s in setting_fields()} <= set(flags(command))
+        found[name] = crop_settings(build_parser().parse_args(command[1:]))
+    return found
+
+
+@pytest.mark.parametrize("env_file", [True, False], ids=["deploy/.env", "compose fallbacks"])
+def test_every_crop_setting_reaches_engines_and_gateways_with_the_plugins_default(env_file):
+    """A default that differs between the plugin, the gateway CLI (which reads the plugin's)
+    and the deployment files, or a setting missing from one of them, fails here."""
+    assert deployed_settings(env_file) == dict.fromkeys(
+        ("engine", "engine-2", "gateway", "embedded"), CropSettings()
+    )
+
+
+def test_the_env_file_sets_every_crop_setting_to_its_default():
+    env = env_file()
+    for spec in setting_fields():
+        default = getattr(spec.default, "value", spec.default)
+        expected = str(default).lower() if isinstance(default, bool) else str(default)
+        assert env[spec.key.upper()] == expected, spec.key
+
+
+def test_the_gateway_talks_to_the_engine_service():
+    gateway = flags(compose_config(COMPOSE)["services"]["gateway"]["command"])
     assert gateway["backend"] == "http://engine:8000"
 
 

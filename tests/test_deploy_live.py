@@ -29,14 +29,8 @@ import yaml
 
 from crop_localizer import LocalizerConfig
 from server.app import create_app
-from tests.gateway_fixtures import (  # noqa: F401  (server_loop is a fixture)
-    API_KEY,
-    LiveGateway,
-    free_port,
-    gateway_config,
-    server_loop,
-)
-from tests.localizer_fixtures import TEST_IMGSZ, vocabulary, world_model  # noqa: F401
+from tests.gateway_fixtures import API_KEY, free_port, gateway_config
+from tests.localizer_fixtures import TEST_IMGSZ
 
 pytestmark = pytest.mark.engine
 
@@ -56,7 +50,7 @@ IMAGE_SIZES = "224x224,448x336,560x420"
 
 
 @pytest.fixture(scope="module")
-def gateway(server_loop, vllm_serve, world_model, vocabulary, tmp_path_factory):  # noqa: F811
+def gateway(server_loop, vllm_serve, world_model, vocabulary, tmp_path_factory):
     """The gateway as compose runs it: remote engine, YOLO-World localizer built from files."""
     files = tmp_path_factory.mktemp("localizer")
     torch.save({"model": world_model}, files / "yolov8n-worldv2.pt")

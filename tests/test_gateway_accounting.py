@@ -5,17 +5,15 @@ from __future__ import annotations
 import pytest
 
 from crop_vllm.layout import CropMode, Region
+from crop_vllm.options import CropSettings
 from server.accounting import ImageTokens, ModelGeometry
-from server.config import CropDefaults
 
 QUARTER = Region(0.0, 0.0, 0.5, 0.5)
 
 
 @pytest.fixture(scope="module")
 def geometry(tiny_checkpoint) -> ModelGeometry:
-    return ModelGeometry.load(
-        str(tiny_checkpoint("llava")), CropDefaults(enable_ilp=True).hf_overrides()
-    )
+    return ModelGeometry.load(str(tiny_checkpoint("llava")), CropSettings(enable_ilp=True))
 
 
 @pytest.mark.parametrize(
@@ -36,9 +34,8 @@ def test_an_image_without_a_region_keeps_everything(geometry):
     assert geometry.image_tokens(224, 160, None, CropMode.PLC_ILP) == ImageTokens(64, 64, 64)
 
 
-def test_ilp_as_the_default_mode_needs_ilp_enabled():
-    with pytest.raises(ValueError, match="enable_ilp"):
-        CropDefaults(default_mode=CropMode.PLC_ILP)
-    assert CropDefaults(default_mode=CropMode.PLC_ILP, enable_ilp=True).hf_overrides()[
-        "crop_enable_ilp"
-    ]
+def test_the_engine_loads_the_crop_architecture_with_the_gateways_settings(geometry):
+    overrides = geometry.engine_hf_overrides()
+    assert overrides["architectures"] == ["CropLlavaForConditionalGeneration"]
+    assert overrides["crop_enable_ilp"] is True
+    assert CropSettings.from_hf_config(geometry.hf_config) == CropSettings(enable_ilp=True)

@@ -6,59 +6,48 @@ import httpx
 import pytest
 
 from tests.engine_support import test_image
-from tests.gateway_fixtures import MODEL_NAME, QUARTER, data_url, image_message
-
-pytest_plugins = ["tests.gateway_fixtures"]  # the shared session fixtures
+from tests.gateway_fixtures import MODEL_NAME, QUARTER, ask, data_url, image_message
 
 pytestmark = pytest.mark.engine
-
-#: Tiny LLaVA: an 8x8 grid; the quarter region keeps 16 cells and pools the rest to 3 tokens.
-FULL, QUARTER_KEPT = 64, 19
-
-
-def ask(client, messages, **kwargs):
-    kwargs.setdefault("max_tokens", 6)
-    kwargs.setdefault("temperature", 0)
-    crop = kwargs.pop("crop", None)
-    return client.chat.completions.create(
-        model=MODEL_NAME,
-        messages=messages,
-        extra_body={"crop": crop} if crop is not None else None,
-        **kwargs,
-    )
 
 
 def saved_by_plc(crop_usage: dict) -> int:
     return sum(i["visual_tokens_full"] - i["visual_tokens_after_plc"] for i in crop_usage["images"])
 
 
-def test_chat_with_a_data_url_image_answers_with_usage(client):
-    response = ask(client, [image_message([data_url(test_image(10))])])
+def test_chat_with_a_data_url_image_answers_with_usage(gateway, tiny_tokens):
+    message = [image_message([data_url(test_image(10))])]
+    response = ask(gateway, message, max_tokens=6, extra_body={"ignore_eos": True})
     choice = response.choices[0]
     assert choice.message.role == "assistant"
-    assert choice.message.content
+    assert choice.message.content == ask(gateway, message, max_tokens=6).choices[0].message.content
     assert choice.finish_reason == "length"
     assert response.usage.completion_tokens == 6
     assert response.usage.total_tokens == response.usage.prompt_tokens + 6
     crop = response.usage.crop
-    assert crop["visual_tokens_full"] == FULL
+    assert crop["visual_tokens_full"] == tiny_tokens.full
     assert crop["images"][0]["width"] == 224
 
 
-def test_usage_crop_matches_the_engines_prompt_token_savings(client):
+def test_usage_crop_matches_the_engines_prompt_token_savings(gateway, tiny_tokens):
     message = [image_message([data_url(test_image(11))])]
-    off = ask(client, message, crop={"mode": "off"})
-    pruned = ask(client, message, crop={"mode": "plc", "regions": [QUARTER]})
+    off = ask(gateway, message, crop={"mode": "off"})
+    pruned = ask(gateway, message, crop={"mode": "plc", "regions": [QUARTER]})
     crop = pruned.usage.crop
-    assert (crop["visual_tokens_full"], crop["visual_tokens_after_plc"]) == (FULL, QUARTER_KEPT)
+    assert (crop["visual_tokens_full"], crop["visual_tokens_after_plc"]) == (
+        tiny_tokens.full,
+        tiny_tokens.quarter_plc,
+    )
     assert crop["visual_tokens_after_ilp"] == crop["visual_tokens_after_plc"]  # ILP not yet on
-    assert crop["saved_fraction"] == pytest.approx(1 - QUARTER_KEPT / FULL)
+    assert crop["saved_fraction"] == pytest.approx(1 - tiny_tokens.quarter_plc / tiny_tokens.full)
     assert off.usage.prompt_tokens - pruned.usage.prompt_tokens == saved_by_plc(crop)
-    assert off.usage.crop["visual_tokens_after_plc"] == FULL
+    assert off.usage.crop["visual_tokens_after_plc"] == tiny_tokens.full
 
 
-def test_client_region_is_reported_with_its_paper_grid_cells(client):
-    response = ask(client, [image_message([data_url(test_image(12))])], crop={"regions": [QUARTER]})
+def test_client_region_is_reported_with_its_paper_grid_cells(gateway):
+    response = ask(
+        gateway, [image_message([data_url(test_image(12))])], crop={"regions": [QUARTER]}
+    )
     image = response.usage.crop["images"][0]
     assert image["region"] == QUARTER
     assert image["region_source"] == "client"
@@ -66,8 +55,8 @@ def test_client_region_is_reported_with_its_paper_grid_cells(client):
     assert image["reason"] is None
 
 
-def test_without_a_crop_field_auto_mode_prunes_nothing_when_the_localizer_is_none(client):
-    response = ask(client, [image_message([data_url(test_image(13))])])
+def test_without_a_crop_field_auto_mode_prunes_nothing_when_the_localizer_is_none(gateway):
+    response = ask(gateway, [image_message([data_url(test_image(13))])])
     crop = response.usage.crop
     assert crop["mode"] == "plc"  # what `auto` applies
     assert crop["saved_fraction"] == 0
@@ -75,18 +64,20 @@ def test_without_a_crop_field_auto_mode_prunes_nothing_when_the_localizer_is_non
     assert "localizer is disabled" in crop["images"][0]["reason"]
 
 
-def test_crop_off_skips_the_localizer_and_says_so(client):
-    crop = ask(client, [image_message([data_url(test_image(14))])], crop={"mode": "off"}).usage.crop
+def test_crop_off_skips_the_localizer_and_says_so(gateway):
+    crop = ask(
+        gateway, [image_message([data_url(test_image(14))])], crop={"mode": "off"}
+    ).usage.crop
     assert crop["mode"] == "off"
     assert crop["images"][0]["reason"] == "crop mode is off for this request"
     assert crop["images"][0]["localizer_seconds"] == 0
 
 
-def test_streaming_sends_the_same_text_and_usage_crop_in_the_usage_chunk(client):
+def test_streaming_sends_the_same_text_and_usage_crop_in_the_usage_chunk(gateway, tiny_tokens):
     message = [image_message([data_url(test_image(15))])]
-    whole = ask(client, message, crop={"regions": [QUARTER]})
+    whole = ask(gateway, message, crop={"regions": [QUARTER]})
     stream = ask(
-        client,
+        gateway,
         message,
         crop={"regions": [QUARTER]},
         stream=True,
@@ -101,71 +92,74 @@ def test_streaming_sends_the_same_text_and_usage_crop_in_the_usage_chunk(client)
     assert len(usage_chunks) == 1 and usage_chunks[0] is chunks[-1]
     assert not chunks[-1].choices
     assert usage_chunks[0].usage.prompt_tokens == whole.usage.prompt_tokens
-    assert usage_chunks[0].usage.crop["visual_tokens_after_plc"] == QUARTER_KEPT
+    assert usage_chunks[0].usage.crop["visual_tokens_after_plc"] == tiny_tokens.quarter_plc
 
 
-def test_streaming_without_include_usage_sends_no_usage(client):
-    stream = ask(client, [image_message([data_url(test_image(16))])], stream=True)
+def test_streaming_without_include_usage_sends_no_usage(gateway):
+    stream = ask(gateway, [image_message([data_url(test_image(16))])], stream=True)
     assert all(chunk.usage is None for chunk in stream)
 
 
-def test_image_by_http_url_from_the_allowed_local_server(client, image_server):
-    by_url = ask(client, [image_message([image_server.url + "/small.png"])], crop={"mode": "off"})
+def test_image_by_http_url_from_the_allowed_local_server(gateway, image_server):
+    by_url = ask(gateway, [image_message([image_server.url + "/small.png"])], crop={"mode": "off"})
     by_data = ask(
-        client, [image_message([data_url(image_server.images["small"])])], crop={"mode": "off"}
+        gateway, [image_message([data_url(image_server.images["small"])])], crop={"mode": "off"}
     )
     assert by_url.usage.prompt_tokens == by_data.usage.prompt_tokens
     assert by_url.choices[0].message.content == by_data.choices[0].message.content
 
 
-def test_text_only_request_has_no_visual_tokens(client):
-    response = ask(client, [{"role": "user", "content": "Say something."}])
+def test_text_only_request_has_no_visual_tokens(gateway):
+    response = ask(gateway, [{"role": "user", "content": "Say something."}])
     crop = response.usage.crop
     assert crop["images"] == []
     assert crop["visual_tokens_full"] == 0 and crop["saved_fraction"] == 0
     assert response.usage.prompt_tokens > 0
 
 
-def test_two_images_each_get_their_own_region(client):
+def test_two_images_each_get_their_own_region(gateway, tiny_tokens):
     images = [data_url(test_image(17)), data_url(test_image(18, (196, 224)))]
-    off = ask(client, [image_message(images)], crop={"mode": "off"})
-    pruned = ask(client, [image_message(images)], crop={"regions": [QUARTER, None]})
+    off = ask(gateway, [image_message(images)], crop={"mode": "off"})
+    pruned = ask(gateway, [image_message(images)], crop={"regions": [QUARTER, None]})
     first, second = pruned.usage.crop["images"]
     assert (first["visual_tokens_after_plc"], second["visual_tokens_after_plc"]) == (
-        QUARTER_KEPT,
-        FULL,
+        tiny_tokens.quarter_plc,
+        tiny_tokens.full,
     )
     assert second["region"] is None and second["reason"]
-    assert off.usage.prompt_tokens - pruned.usage.prompt_tokens == FULL - QUARTER_KEPT
+    assert (
+        off.usage.prompt_tokens - pruned.usage.prompt_tokens
+        == tiny_tokens.full - tiny_tokens.quarter_plc
+    )
 
 
-def test_max_completion_tokens_bounds_the_answer(client):
-    response = ask(client, [image_message([data_url(test_image(19))])], max_completion_tokens=3)
+def test_max_completion_tokens_bounds_the_answer(gateway):
+    response = ask(gateway, [image_message([data_url(test_image(19))])], max_completion_tokens=3)
     assert response.usage.completion_tokens == 3
     assert response.choices[0].finish_reason == "length"
 
 
-def test_n_choices_with_a_seed_are_reproducible(client):
+def test_n_choices_with_a_seed_are_reproducible(gateway):
     message = [{"role": "user", "content": "Tell me a story."}]
-    first = ask(client, message, n=2, temperature=1.0, seed=7, max_tokens=8)
-    second = ask(client, message, n=2, temperature=1.0, seed=7, max_tokens=8)
+    first = ask(gateway, message, n=2, temperature=1.0, seed=7, max_tokens=8)
+    second = ask(gateway, message, n=2, temperature=1.0, seed=7, max_tokens=8)
     assert [c.index for c in first.choices] == [0, 1]
     assert [c.message.content for c in first.choices] == [c.message.content for c in second.choices]
     assert first.usage.completion_tokens == 16
 
 
-def test_stop_string_ends_the_answer_before_it(client):
+def test_stop_string_ends_the_answer_before_it(gateway):
     message = [{"role": "user", "content": "What is shown?"}]
-    free = ask(client, message, max_tokens=8).choices[0].message.content
+    free = ask(gateway, message, max_tokens=8).choices[0].message.content
     stop = free[len(free) // 2 :].strip()[:3]
-    stopped = ask(client, message, max_tokens=8, stop=[stop]).choices[0]
+    stopped = ask(gateway, message, max_tokens=8, stop=[stop]).choices[0]
     assert stopped.finish_reason == "stop"
     assert stopped.message.content == free[: free.index(stop)]
 
 
-def test_logprobs_come_with_the_requested_alternatives(client):
+def test_logprobs_come_with_the_requested_alternatives(gateway):
     response = ask(
-        client, [{"role": "user", "content": "Hello"}], logprobs=True, top_logprobs=2, max_tokens=4
+        gateway, [{"role": "user", "content": "Hello"}], logprobs=True, top_logprobs=2, max_tokens=4
     )
     entries = response.choices[0].logprobs.content
     assert len(entries) == 4
@@ -176,8 +170,21 @@ def test_logprobs_come_with_the_requested_alternatives(client):
         assert entry.top_logprobs[0].logprob >= entry.top_logprobs[1].logprob
 
 
-def test_models_lists_the_served_model(client):
-    assert [m.id for m in client.models.list().data] == [MODEL_NAME]
+def test_models_lists_the_served_model_with_the_engines_checkpoint_and_context(
+    client, gateway_model
+):
+    (card,) = client.models.list().data
+    assert card.id == MODEL_NAME
+    assert (card.model_extra["root"], card.model_extra["max_model_len"]) == (gateway_model, 2048)
+
+
+def test_version_names_the_gateway_and_the_vllm_serving(gateway):
+    import vllm
+
+    from server.version import CROP_SERVING_VERSION
+
+    body = httpx.get(gateway.url + "/version").json()
+    assert body == {"version": CROP_SERVING_VERSION, "vllm": [vllm.__version__]}
 
 
 def test_health_reports_the_embedded_engine(gateway):

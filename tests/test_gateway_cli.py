@@ -6,9 +6,13 @@ import ipaddress
 
 import pytest
 
-from crop_localizer import LocalizerKind
+from crop_localizer import LocalizerConfig, LocalizerKind
 from crop_vllm.layout import CropMode
+from crop_vllm.options import CropSettings, setting_fields
 from server.cli import build_parser, config_from_args
+from server.config import Limits
+from server.flags import crop_settings
+from server.images import ImageLimits
 
 
 def config(*flags: str):
@@ -31,10 +35,9 @@ def test_flags_set_crop_defaults_limits_keys_and_engine_args():
         "--engine-arg", "dtype=bfloat16",
     )  # fmt: skip
     assert built.crop.request_mode == "off"
-    assert built.crop.default_mode is CropMode.PLC
-    assert built.crop.hf_overrides()["crop_outside_stride"] == 2
-    assert built.crop.hf_overrides()["crop_drop_outside"] is True
-    assert built.crop.hf_overrides()["crop_enable_ilp"] is True
+    assert built.crop.settings == CropSettings(
+        default_mode=CropMode.PLC, outside_stride=2, drop_outside=True, enable_ilp=True
+    )
     assert (built.limits.max_images, built.limits.max_concurrent_requests) == (3, 5)
     assert built.api_keys == ("k1",)
     assert built.images.allowed_networks == (ipaddress.ip_network("10.0.0.0/8"),)
@@ -67,7 +70,7 @@ def test_localizer_flags_set_its_input_size_threshold_and_batching():
      (("--crop-enable-ilp=false",), False)],
 )  # fmt: skip
 def test_ilp_is_enabled_by_the_bare_flag_or_a_true_value(flags, enabled):
-    assert config(*flags).crop.enable_ilp is enabled
+    assert config(*flags).crop.settings.enable_ilp is enabled
 
 
 def test_an_ilp_flag_value_that_is_not_a_boolean_is_refused(capsys):
@@ -84,3 +87,38 @@ def test_api_keys_also_come_from_the_environment(monkeypatch):
 def test_a_remote_engine_without_backends_is_refused_before_starting():
     with pytest.raises(ValueError, match="backend"):
         config("--engine", "remote")
+
+
+def test_without_flags_the_configuration_is_the_dataclasses_defaults():
+    built = config()
+    assert built.crop.settings == CropSettings()
+    assert built.crop.request_mode == "auto"
+    assert built.limits == Limits()
+    assert built.images == ImageLimits()
+    assert built.localizer == LocalizerConfig(kind=LocalizerKind.NONE)
+    assert (built.engine, built.remote_retry_interval_s) == ("embedded", 5.0)
+    assert built.limits.default_max_tokens is None  # as vLLM: the rest of the context
+
+
+def test_every_plugin_setting_is_a_crop_flag_with_the_plugins_default_and_help(capsys):
+    assert crop_settings(build_parser().parse_args(["serve"])) == CropSettings()
+    with pytest.raises(SystemExit):
+        build_parser().parse_args(["serve", "--help"])
+    help_text = " ".join(capsys.readouterr().out.split())
+    for spec in setting_fields():
+        assert f"--crop-{spec.name.replace('_', '-')}" in help_text
+        assert " ".join(spec.help.split()) in help_text
+
+
+def test_a_setting_the_plugin_refuses_is_refused_with_its_reason():
+    with pytest.raises(ValueError, match="crop_enable_ilp"):
+        config("--crop-default-mode", "plc+ilp")
+
+
+def test_remote_engine_settings_come_from_their_flags():
+    built = config("--engine", "remote", "--backend", "http://a:1", "--backend-retry-interval", "2")
+    assert (built.engine, built.remote_urls, built.remote_retry_interval_s) == (
+        "remote",
+        ("http://a:1",),
+        2.0,
+    )

@@ -21,8 +21,6 @@ from tests.gateway_fixtures import (
     noise_image,
 )
 
-pytest_plugins = ["tests.gateway_fixtures"]  # the shared session fixtures
-
 pytestmark = pytest.mark.engine
 
 SMALL = data_url(test_image(30))

@@ -19,8 +19,6 @@ from server.app import create_app
 from server.config import GatewayConfig, Limits
 from tests.gateway_fixtures import API_KEY, gateway_config
 
-pytest_plugins = ["tests.gateway_fixtures"]  # the shared session fixtures
-
 pytestmark = pytest.mark.engine
 
 PUBLISHED = create_app(GatewayConfig(model="schema-only")).openapi()

@@ -19,7 +19,8 @@ from vllm.v1.kv_cache_interface import FullAttentionSpec
 from vllm.v1.kv_cache_spec_registry import KVCacheSpecRegistry
 from vllm.v1.request import Request
 
-from crop_vllm.ilp.kv import IlpAttentionManager, IlpKvPlanner, ilp_spec, kv_blocks
+from crop_vllm.ilp.kv import IlpAttentionManager, IlpKvPlanner, ilp_spec
+from crop_vllm.ilp.plan import kv_blocks
 
 BLOCK = 32
 

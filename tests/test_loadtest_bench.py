@@ -14,8 +14,8 @@ from pathlib import Path
 import pytest
 
 from crop_vllm.layout import CropMode, Region
+from crop_vllm.options import CropSettings
 from server.accounting import ModelGeometry
-from server.config import CropDefaults
 
 _SPEC = importlib.util.spec_from_file_location(
     "bench_compare", Path(__file__).resolve().parents[1] / "loadtest" / "bench_compare.py"
@@ -28,7 +28,7 @@ _SPEC.loader.exec_module(bench)
 @pytest.fixture(scope="module")
 def qwen_geometry(tiny_checkpoint) -> tuple[str, ModelGeometry]:
     model = str(tiny_checkpoint("qwen2_5_vl"))
-    return model, ModelGeometry.load(model, CropDefaults().hf_overrides())
+    return model, ModelGeometry.load(model, CropSettings())
 
 
 def test_downscale_is_the_largest_size_within_plcs_token_budget(qwen_geometry):

@@ -9,6 +9,7 @@ import sys
 import numpy as np
 import pytest
 import torch
+from PIL import Image
 from prometheus_client import CollectorRegistry
 
 from crop_localizer import (
@@ -27,16 +28,7 @@ from crop_localizer.text_embeddings import ClipTextEmbedder, VocabularyEmbedding
 from crop_localizer.vocabulary import OBJECT_NAMES
 from crop_localizer.yolo_world import YoloWorldLocalizer
 from crop_vllm.layout import CellBox, Region
-from tests.localizer_fixtures import (
-    TEST_IMGSZ,
-    detector,
-    make_localizer,
-    scene,
-    vocabulary,
-    world_model,
-)
-
-__all__ = ["detector", "vocabulary", "world_model"]  # fixtures used by name below
+from tests.localizer_fixtures import TEST_IMGSZ, make_localizer, scene
 
 
 @pytest.fixture(scope="module")
@@ -146,7 +138,7 @@ async def test_client_region_wins_and_only_the_rest_is_localized(detector, vocab
     client = Region(0.1, 0.2, 0.3, 0.45)
     results = await localize_with_client_regions(
         localizer,
-        [scene(1), scene(2)],
+        [scene(1), scene(2)].__getitem__,
         ["Where is the dog?", "Where is the dog?"],
         [client, None],
     )
@@ -160,9 +152,13 @@ async def test_client_region_wins_and_only_the_rest_is_localized(detector, vocab
 
 async def test_client_regions_with_the_none_localizer_still_apply():
     results = await localize_with_client_regions(
-        NoneLocalizer(), [scene(1), scene(2)], ["q", "q"], [None, Region(0, 0, 1, 0.5)]
+        NoneLocalizer(), never_decoded, ["q", "q"], [None, Region(0, 0, 1, 0.5)]
     )
     assert results[0].region is None and results[1].region == Region(0, 0, 1, 0.5)
+
+
+def never_decoded(index: int) -> Image.Image:
+    raise AssertionError(f"image {index} was decoded for a localizer that does not look")
 
 
 def test_config_parses_kind_and_paths():

@@ -11,9 +11,7 @@ from crop_localizer.batcher import MicroBatcher
 from crop_localizer.errors import LocalizerClosed, LocalizerOverloaded
 from crop_localizer.metrics import LocalizerMetrics
 from crop_localizer.yolo_world import NO_PHRASE_REASON
-from tests.localizer_fixtures import detector, make_localizer, scene, vocabulary, world_model
-
-__all__ = ["detector", "vocabulary", "world_model"]  # fixtures used by name below
+from tests.localizer_fixtures import make_localizer, scene
 
 QUESTIONS = [
     "What color is the dog?",
@@ -124,8 +122,9 @@ async def test_cancelled_waiting_caller_is_skipped_and_others_answered(
     first, second, third = (
         asyncio.create_task(localizer.localize([IMAGES[i]], [QUESTIONS[i]])) for i in range(3)
     )
-    while localizer.batcher.queued != 2:  # first is running, second and third wait
-        await asyncio.sleep(0.001)
+    async with asyncio.timeout(120):  # first is running, second and third wait
+        while localizer.batcher.queued != 2:
+            await asyncio.sleep(0.001)
     second.cancel()
     assert summary((await third)[0]) == summary(solo_results[2])
     assert summary((await first)[0]) == summary(solo_results[0])

@@ -12,16 +12,7 @@ from crop_localizer.detector import ClassPrompts, YoloWorldDetector
 from crop_localizer.errors import LocalizerStartupError
 from crop_localizer.testing import fake_vocabulary, random_world_model
 from crop_localizer.vocabulary import COCO_NAMES
-from tests.localizer_fixtures import (
-    TEST_IMGSZ,
-    TEST_MODEL_YAML,
-    detector,
-    scene,
-    vocabulary,
-    world_model,
-)
-
-__all__ = ["detector", "vocabulary", "world_model"]  # fixtures used by name below
+from tests.localizer_fixtures import TEST_IMGSZ, TEST_MODEL_YAML, scene
 
 # Different sizes, aspect ratios and class lists of different lengths in one batch.
 CASES = [

@@ -30,9 +30,7 @@ ARCHES = MODEL_TYPES
 
 def predicted_tokens(arch, checkpoint, image, region: Region | None) -> int:
     """The visual tokens the gateway's accounting reports for `image` after PLC."""
-    geometry = ModelGeometry.load(
-        str(checkpoint), CropSettings().to_hf_overrides(), family(arch).remote_code
-    )
+    geometry = ModelGeometry.load(str(checkpoint), CropSettings(), family(arch).remote_code)
     return geometry.image_tokens(image.width, image.height, region, CropMode.PLC).after_plc
 
 

@@ -57,7 +57,7 @@ def test_a_tile_the_region_misses_pools_all_its_cells_as_outside():
     far_tile = lattice(2, 2)[3]  # bottom right
     layout = grid_layout(far_tile, Region(0.0, 0.0, 0.5, 0.5), PLCSettings(outside_stride=2))
     assert tile_box(far_tile, Region(0.0, 0.0, 0.5, 0.5)) is None
-    assert len(layout) == 4 and not any(layout.inside_mask)
+    assert len(layout) == 4 and not any(token.inside for token in layout.tokens)
 
 
 def test_a_region_edge_on_a_tile_boundary_touches_only_one_side():

@@ -15,7 +15,7 @@ each), then by one client:
 
 Printed per row: requests running at once (vLLM's own `vllm:num_requests_running`, sampled),
 preemptions (`vllm:num_preemptions`), KV per request (layer-blocks of the request's final token
-count: the allocator's own arithmetic, `crop_vllm.ilp.kv.kv_blocks`, checked against vLLM's
+count: the allocator's own arithmetic, `crop_vllm.ilp.plan.kv_blocks`, checked against vLLM's
 allocator in the tests) relative to stock, throughput (requests/s) and TTFT p50/p99, each with
 its ratio to the stock row measured in the same run.
 """
@@ -131,13 +131,14 @@ class Workload:
         self.token_layer_bytes = 2 * kv_heads * head_dim * 4  # float32 on CPU
 
     def kv_cache_bytes(self, stock_tokens_per_request: int) -> int:
-        """Bytes that hold `--fit` stock requests of `stock_tokens_per_request` tokens."""
-        blocks = math.ceil(stock_tokens_per_request / self.args.block_size) * self.args.fit
+        """Bytes that hold `--fit` stock requests of `stock_tokens_per_request` tokens (plus the
+        block vLLM keeps for itself)."""
+        blocks = math.ceil(stock_tokens_per_request / self.args.block_size) * self.args.fit + 1
         return int(blocks * self.args.block_size * self.num_layers * self.token_layer_bytes)
 
     def layer_blocks(self, sample: Sample, mode: str | None, settings: dict[str, object]) -> int:
         """Layer-blocks the request held at its end (ILP rows: `kv_blocks`)."""
-        from crop_vllm.ilp.kv import kv_blocks
+        from crop_vllm.ilp.plan import kv_blocks
         from crop_vllm.options import CropSettings
 
         tokens = sample.prompt_tokens + sample.completion_tokens

@@ -6,7 +6,7 @@ from collections.abc import Sequence
 
 import numpy as np
 from torch import nn
-from vllm.config import CompilationMode, VllmConfig, get_current_vllm_config
+from vllm.config import VllmConfig, get_current_vllm_config
 from vllm.logger import init_logger
 from vllm.model_executor.layers.attention.attention import Attention
 from vllm.multimodal.inputs import MultiModalFeatureSpec
@@ -81,8 +81,7 @@ class IlpController:
         self.layer = settings.ilp_layer
         self.settings = settings
         self.hf_config = hf_config
-        eager = vllm_config.compilation_config.mode == CompilationMode.NONE
-        self.split = DecoderSplit(layers, settings.ilp_layer, eager=eager)
+        self.split = DecoderSplit(layers, settings.ilp_layer)
         #: Names of the attention layers that see only the kept tokens (layers >= K).
         self.pruned_layer_names = frozenset(
             module.layer_name

@@ -14,27 +14,22 @@ still cuts at run time):
   see one row per scheduled token.
 
 The attention metadata layers >= K read for the kept tokens is installed by the runner before
-the model runs. A step that keeps no token (a prefill chunk inside a dropped run) gives layers
->= K no rows and no attention metadata (their attention kernels return at once); in an eager
-model their `forward` passes its inputs through, so that no kernel ever runs on an empty batch.
-Steps without ILP go through with every row.
+the model runs (see `IlpStep` for a step that keeps no token). Steps without ILP go through with
+every row.
 """
 
 from __future__ import annotations
-
-from collections.abc import Callable
 
 import torch
 from torch import nn
 
 import crop_vllm.ilp.ops  # noqa: F401  (registers torch.ops.crop)
-from crop_vllm.ilp.step import current_step
 
 
 class DecoderSplit:
     """Installs the hooks on `layers[first_pruned:]` (pre) and `layers[-1]` (post)."""
 
-    def __init__(self, layers: nn.ModuleList, first_pruned: int, eager: bool) -> None:
+    def __init__(self, layers: nn.ModuleList, first_pruned: int) -> None:
         if not 0 <= first_pruned < len(layers):
             raise ValueError(f"ILP layer {first_pruned} outside 0..{len(layers) - 1}")
         self.first_pruned = first_pruned
@@ -45,9 +40,6 @@ class DecoderSplit:
         for layer in layers[first_pruned + 1 :]:
             layer.register_forward_pre_hook(self._continue)
         layers[len(layers) - 1].register_forward_hook(self._leave)
-        if eager:
-            for layer in layers[first_pruned:]:
-                layer.forward = _skipped_without_rows(layer.forward)
 
     def _enter(self, module: nn.Module, args: tuple) -> tuple:
         positions, hidden_states, residual = args
@@ -65,15 +57,3 @@ class DecoderSplit:
         hidden_states, residual = self._before_cut
         self._before_cut = self._kept_positions = None
         return torch.ops.crop.ilp_leave(hidden_states, residual, *output)
-
-
-def _skipped_without_rows(forward: Callable[..., tuple]) -> Callable[..., tuple]:
-    """An eager layer's forward that passes its inputs through when the step keeps no row."""
-
-    def run_or_skip(positions, hidden_states, residual, *args, **kwargs):  # type: ignore[no-untyped-def]
-        step = current_step()
-        if step is not None and step.kept_rows.shape[0] == 0:
-            return hidden_states, residual
-        return forward(positions, hidden_states, residual, *args, **kwargs)
-
-    return run_or_skip

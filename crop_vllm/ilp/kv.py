@@ -20,7 +20,6 @@ Wiring, all through vLLM's own extension points:
 
 from __future__ import annotations
 
-import math
 from collections.abc import Mapping
 from dataclasses import dataclass, replace
 from typing import Any
@@ -198,15 +197,3 @@ def make_scheduler(**kwargs: Any) -> Any:
     if base not in _SCHEDULERS:
         _SCHEDULERS[base] = type(f"CropIlp{base.__name__}", (_BindsIlpPlanner, base), {})
     return _SCHEDULERS[base](**kwargs)
-
-
-def kv_blocks(
-    num_tokens: int, num_dropped: int, block_size: int, num_layers: int, ilp_layer: int
-) -> tuple[int, int]:
-    """(layer-blocks without the saving, with it) for a request holding `num_tokens` tokens of
-    which `num_dropped` (all in its prompt) are dropped from layer `ilp_layer` on: a layer-block
-    is one layer's KV for `block_size` tokens."""
-    full = math.ceil(num_tokens / block_size)
-    pruned_layers = max(num_layers - ilp_layer, 0)
-    kept = math.ceil((num_tokens - num_dropped) / block_size)
-    return num_layers * full, (num_layers - pruned_layers) * full + pruned_layers * kept

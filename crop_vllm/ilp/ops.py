@@ -10,7 +10,7 @@ they run, and their output size is dynamic (an unbacked size for the compiler):
   layer K (all rows, copied, when the step prunes nothing);
 - `crop::ilp_leave(hidden_states, residual, kept_hidden_states, kept_residual)`: full-size
   tensors again after the last layer, the kept rows written back over the layer K-1 values of
-  the others.
+  the others (none written back when the step keeps no token).
 
 They only move rows; the kept tokens' attention metadata is installed for layers >= K by the
 runner before the model runs (`crop_vllm.ilp.patches.runner`). Piecewise CUDA graphs captured
@@ -28,6 +28,11 @@ from crop_vllm.ilp.step import current_step
 def _kept_rows() -> torch.Tensor | None:
     step = current_step()
     return None if step is None else step.kept_rows
+
+
+def _keeps_none() -> bool:
+    step = current_step()
+    return step is not None and step.keeps_none
 
 
 @torch.library.custom_op("crop::ilp_enter", mutates_args=())
@@ -67,6 +72,8 @@ def ilp_leave(
     before the cut: dropped rows then carry their embeddings."""
     if residual is None:
         residual = hidden_states
+    if _keeps_none():
+        return hidden_states.clone(), residual.clone()
     rows = _kept_rows()
     if rows is None:
         return kept_hidden_states.clone(), kept_residual.clone()

@@ -18,6 +18,7 @@ c(p) <= p, the compacted KV of a request always lies in blocks it already owns.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -142,3 +143,15 @@ def compact_step(
         query_start_loc=query_start_loc,
         seq_lens=np.asarray(seq_lens, dtype=np.int32),
     )
+
+
+def kv_blocks(
+    num_tokens: int, num_dropped: int, block_size: int, num_layers: int, ilp_layer: int
+) -> tuple[int, int]:
+    """(layer-blocks without the saving, with it) for a request holding `num_tokens` tokens of
+    which `num_dropped` (all in its prompt) are dropped from layer `ilp_layer` on: a layer-block
+    is one layer's KV for `block_size` tokens."""
+    full = math.ceil(num_tokens / block_size)
+    pruned_layers = max(num_layers - ilp_layer, 0)
+    kept = math.ceil((num_tokens - num_dropped) / block_size)
+    return num_layers * full, (num_layers - pruned_layers) * full + pruned_layers * kept

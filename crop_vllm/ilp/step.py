@@ -13,9 +13,15 @@ FORWARD_CONTEXT_KEY = "crop_ilp"
 
 @dataclass(frozen=True)
 class IlpStep:
-    """Layers >= K run on `kept_rows` of the step's tokens (ascending; empty: none)."""
+    """Layers >= K run on `kept_rows` of the step's tokens (ascending).
+
+    A step that keeps no token (a prefill chunk inside a dropped run) still hands layers >= K
+    one row, with no attention and no KV write (`keeps_none`), and every row keeps its layer K-1
+    values: no kernel ever runs on an empty batch, compiled or not.
+    """
 
     kept_rows: torch.Tensor
+    keeps_none: bool = False
 
 
 def current_step() -> IlpStep | None:

@@ -1,9 +1,11 @@
-"""The one seam between the gateway and vLLM: what an engine takes and what it streams back.
+"""The one seam between the gateway and vLLM: what an engine takes and what it answers.
 
-The gateway prepares everything CROP needs (decoded images, the per-image plan as
-`mm_processor_kwargs`, sampling options) and hands an `EngineRequest` to an `Engine`. Two
-implementations: `embedded` (vLLM's AsyncLLM in this process) and `remote` (`vllm serve`
-backends over HTTP). Neither leaks vLLM types past this interface.
+The gateway validates a chat request with vLLM's own request model (`vllm_api`), loads its
+images and decides the CROP plan, then hands an `EngineRequest` to an `Engine`. The engine
+answers with vLLM's own OpenAI responses as JSON objects, which the gateway passes on with
+`usage.crop` added, so every field vLLM supports reaches the client as `vllm serve` would send
+it. Two implementations: `embedded` (vLLM's serving layer on an AsyncLLM in this process) and
+`remote` (`vllm serve` backends over HTTP). Only `server/engines/` imports vLLM.
 """
 
 from __future__ import annotations
@@ -12,71 +14,38 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-from PIL import Image
+from server.decoding import LoadedImage
+from server.engines.vllm_api import StreamOptions, VllmChatRequest
 
-
-@dataclass(frozen=True)
-class SamplingOptions:
-    """OpenAI sampling fields, already validated; `top_logprobs` None means no logprobs."""
-
-    max_tokens: int
-    n: int = 1
-    temperature: float = 1.0
-    top_p: float = 1.0
-    seed: int | None = None
-    stop: tuple[str, ...] = ()
-    presence_penalty: float = 0.0
-    frequency_penalty: float = 0.0
-    top_logprobs: int | None = None
+#: vLLM's response objects as JSON: a chat completion, or one `chat.completion.chunk`.
+Response = dict[str, Any]
 
 
 @dataclass(frozen=True)
 class EngineRequest:
-    """A chat turn ready for an engine.
+    """A chat request ready for an engine.
 
-    `messages` are chat-template messages whose content is a string or a list of
-    `{"type": "text", "text": ...}` and `{"type": "image"}` parts; the image parts stand for
-    `images`, in order. `mm_kwargs` is the CROP plan (`crop_mode`, `crop_regions`), empty when
-    CROP leaves every image alone.
+    `request` holds the client's fields as vLLM validated them; `images` are its image parts,
+    loaded, in message order; `crop_kwargs` is the CROP plan (`crop_mode`, `crop_regions`) the
+    engine adds to `mm_processor_kwargs`, empty when CROP leaves every image alone.
     """
 
     request_id: str
-    messages: list[dict[str, Any]]
-    images: list[Image.Image]
-    mm_kwargs: dict[str, object]
-    sampling: SamplingOptions
+    request: VllmChatRequest
+    images: list[LoadedImage]
+    crop_kwargs: dict[str, object]
 
+    def mm_processor_kwargs(self) -> dict[str, Any] | None:
+        merged = {**(self.request.mm_processor_kwargs or {}), **self.crop_kwargs}
+        return merged or None
 
-@dataclass(frozen=True)
-class TopLogprob:
-    token: str
-    logprob: float
-
-
-@dataclass(frozen=True)
-class TokenLogprob:
-    token: str
-    logprob: float
-    top: tuple[TopLogprob, ...] = ()
-
-
-@dataclass(frozen=True)
-class ChoiceDelta:
-    """New text of one completion; `finish_reason` is set on its last delta."""
-
-    index: int
-    text: str
-    logprobs: tuple[TokenLogprob, ...] | None = None
-    finish_reason: str | None = None
-
-
-@dataclass(frozen=True)
-class EngineEvent:
-    """One step of a generation; the last event carries the token counts."""
-
-    deltas: tuple[ChoiceDelta, ...] = ()
-    prompt_tokens: int | None = None
-    completion_tokens: int | None = None
+    def stream_options(self) -> StreamOptions | None:
+        """The client's stream options, with usage always on: the gateway needs the counts
+        (it drops the usage chunk again when the client did not ask for it)."""
+        if not self.request.stream:
+            return None
+        options = self.request.stream_options or StreamOptions()
+        return options.model_copy(update={"include_usage": True})
 
 
 @dataclass
@@ -85,15 +54,24 @@ class EngineStatus:
     details: dict[str, Any] = field(default_factory=dict)
 
 
+@dataclass(frozen=True)
+class ServedModel:
+    """What an engine serves: the checkpoint and its context length (None when unknown)."""
+
+    root: str | None
+    max_model_len: int | None
+
+
 class EngineError(Exception):
     """A generation failed; `status` is what the client sees (the message is safe to show)."""
 
     status = 500
     code = "engine_error"
 
-    def __init__(self, message: str) -> None:
+    def __init__(self, message: str, param: str | None = None) -> None:
         super().__init__(message)
         self.message = message
+        self.param = param
 
 
 class EngineBadRequest(EngineError):
@@ -110,6 +88,16 @@ class EngineUnavailable(EngineError):
     code = "engine_unavailable"
 
 
+def refusal(status: int, message: str, param: str | None = None) -> EngineError:
+    """vLLM's error answer as the gateway's error: 4xx are the client's, 5xx the engine's."""
+    if 400 <= status < 500:
+        error = EngineBadRequest(message, param)
+        if status != 400:
+            error.status = status
+        return error
+    return EngineUnavailable(message) if status == 503 else EngineError(message)
+
+
 class Engine(Protocol):
     """What the gateway needs from an engine."""
 
@@ -121,10 +109,29 @@ class Engine(Protocol):
     async def aclose(self) -> None:
         """Stop, after the gateway finished its in-flight requests."""
 
-    def generate(self, request: EngineRequest) -> AsyncIterator[EngineEvent]:
-        """Stream the generation; closing the iterator early aborts it in the engine."""
+    def generate(self, request: EngineRequest) -> AsyncIterator[Response]:
+        """vLLM's answer: with `request.request.stream` its chunks (the last one with `usage`),
+        else one chat completion. Closing the iterator early aborts the generation."""
         ...
 
     async def status(self) -> EngineStatus:
         """Alive or not, with details for `/health` (requests in flight, backends)."""
+        ...
+
+    async def served_model(self) -> ServedModel:
+        """The checkpoint the engine serves, as `/v1/models` shows it."""
+        ...
+
+    def vllm_versions(self) -> list[str]:
+        """The vLLM versions serving (one per distinct version among backends)."""
+        ...
+
+    def engine_metrics(self) -> bytes:
+        """vLLM's own `vllm:*` metrics in Prometheus' text format, when they live in this
+        process (embedded); remote engines serve theirs on their own `/metrics`."""
+        ...
+
+    async def wait_dead(self) -> None:
+        """Return once the engine can never serve again (an embedded engine whose process
+        died); engines that recover by themselves never return."""
         ...

@@ -1,28 +1,37 @@
-"""The default engine: vLLM's AsyncLLM inside the gateway's process, so one command serves.
+"""The default engine: vLLM in the gateway's process, behind vLLM's own OpenAI serving layer.
 
-The model is loaded under its CROP architecture (`hf_overrides`), chat prompts are rendered with
-the tokenizer's chat template, and each request's CROP plan travels as `mm_processor_kwargs`.
-This is the only module of `server/` that imports vLLM, through its public API.
+The model is loaded under its CROP architecture (`hf_overrides`) by an AsyncLLM, and chat
+requests go through the same `OpenAIServingChat` that `vllm serve` runs (built by vLLM's own
+`init_app_state` from `vllm serve`'s argument defaults), so prompts, sampling, tools, response
+formats, defaults and errors are exactly vLLM's. Images arrive decoded (`image_pil` parts);
+the CROP plan travels in `mm_processor_kwargs`.
 """
 
 from __future__ import annotations
 
+import asyncio
+import json
 import logging
-from collections.abc import AsyncIterator, Mapping
-from typing import Any
+from collections.abc import AsyncIterator, Iterator, Mapping
+from typing import TYPE_CHECKING, Any
 
 from server.engines import (
-    ChoiceDelta,
-    EngineBadRequest,
-    EngineEvent,
     EngineRequest,
     EngineStatus,
     EngineUnavailable,
-    TokenLogprob,
-    TopLogprob,
+    Response,
+    ServedModel,
+    refusal,
 )
+from server.engines.vllm_api import VLLM_VERSION, replace_images
+
+if TYPE_CHECKING:
+    from prometheus_client.metrics_core import Metric
 
 logger = logging.getLogger(__name__)
+
+#: How often the engine's liveness is checked for `wait_dead`.
+DEATH_POLL_S = 0.5
 
 
 class EmbeddedEngine:
@@ -34,31 +43,49 @@ class EmbeddedEngine:
         self,
         model: str,
         *,
+        served_model_name: str,
         hf_overrides: Mapping[str, object],
         max_images: int,
         engine_args: Mapping[str, Any] | None = None,
     ) -> None:
         self.model = model
+        self.served_model_name = served_model_name
         self._hf_overrides = dict(hf_overrides)
         self._max_images = max_images
         self._engine_args = dict(engine_args or {})
         self._llm: Any = None
-        self._tokenizer: Any = None
+        self._serving: Any = None
+        self._models: Any = None
 
     async def start(self) -> None:
+        from starlette.datastructures import State
         from vllm import AsyncEngineArgs
+        from vllm.entrypoints.launchers.api_server.app_state import init_app_state
+        from vllm.entrypoints.launchers.cli_args import make_arg_parser
+        from vllm.utils.argparse_utils import FlexibleArgumentParser
         from vllm.v1.engine.async_llm import AsyncLLM
 
         args = {
             "model": self.model,
             "hf_overrides": self._hf_overrides,
             "limit_mm_per_prompt": {"image": self._max_images},
-            "disable_log_stats": True,
+            "disable_log_stats": False,  # as vllm serve: vLLM's metrics, on the gateway's /metrics
             **self._engine_args,
         }
         logger.info("starting the embedded vLLM engine: %s", args)
         self._llm = AsyncLLM.from_engine_args(AsyncEngineArgs(**args))
-        self._tokenizer = self._llm.get_tokenizer()
+        serve_args = make_arg_parser(FlexibleArgumentParser()).parse_args(
+            [
+                "--model", self.model,
+                "--served-model-name", self.served_model_name,
+                "--trust-request-mm-kwargs",  # the CROP plan travels in mm_processor_kwargs
+                "--enable-prompt-tokens-details",  # image tokens, for the gateway's check
+            ]
+        )  # fmt: skip
+        state = State()
+        await init_app_state(self._llm, state, serve_args, await self._llm.get_supported_tasks())
+        self._serving = state.openai_serving_chat
+        self._models = state.openai_serving_models
 
     async def aclose(self) -> None:
         if self._llm is not None:
@@ -71,107 +98,83 @@ class EmbeddedEngine:
         try:
             await self._llm.check_health()
         except Exception as exc:
-            return EngineStatus(False, {"kind": self.kind, "error": str(exc)})
+            return EngineStatus(False, {"kind": self.kind, "error": str(exc) or "engine dead"})
         return EngineStatus(
             True,
             {"kind": self.kind, "outstanding": self._llm.get_num_unfinished_requests()},
         )
 
-    def render_prompt(self, messages: list[dict[str, Any]]) -> str:
-        """The chat template's text, with the family's image placeholders."""
-        return self._tokenizer.apply_chat_template(
-            messages, tokenize=False, add_generation_prompt=True
+    async def served_model(self) -> ServedModel:
+        cards = (await self._models.show_available_models()).data
+        return ServedModel(cards[0].root, cards[0].max_model_len)
+
+    def vllm_versions(self) -> list[str]:
+        return [VLLM_VERSION]
+
+    def engine_metrics(self) -> bytes:
+        from prometheus_client import generate_latest
+        from vllm.v1.metrics.prometheus import get_prometheus_registry
+
+        registry = get_prometheus_registry()
+
+        class VllmOnly:
+            """vLLM's metric families of the registry (not the process metrics next to them)."""
+
+            def collect(self) -> Iterator[Metric]:
+                return (f for f in registry.collect() if f.name.startswith("vllm:"))
+
+        return generate_latest(VllmOnly())  # type: ignore[arg-type]
+
+    async def wait_dead(self) -> None:
+        while self._llm is None or not self._llm.errored:
+            await asyncio.sleep(DEATH_POLL_S)
+
+    async def generate(self, request: EngineRequest) -> AsyncIterator[Response]:
+        from vllm.entrypoints.serve.engine.protocol import ErrorResponse
+        from vllm.entrypoints.serve.exception_handling.error_response import (
+            create_error_response,
         )
 
-    async def generate(self, request: EngineRequest) -> AsyncIterator[EngineEvent]:
-        from vllm import SamplingParams
-        from vllm.exceptions import VLLMClientError
-        from vllm.sampling_params import RequestOutputKind
-        from vllm.v1.engine.exceptions import EngineDeadError
-
-        if self._llm is None:
-            raise EngineUnavailable("the engine is not running")
-        options = request.sampling
+        self._check_alive()
+        pixels = await asyncio.to_thread(lambda: [image.pixels() for image in request.images])
+        vllm_request = request.request.model_copy(
+            update={
+                "model": self.served_model_name,
+                "request_id": request.request_id,
+                "messages": replace_images(
+                    request.request.messages,
+                    lambda n: {"type": "image_pil", "image_pil": pixels[n]},
+                ),
+                "mm_processor_kwargs": request.mm_processor_kwargs(),
+                "stream_options": request.stream_options(),
+            }
+        )
         try:
-            params = SamplingParams(
-                n=options.n,
-                max_tokens=options.max_tokens,
-                temperature=options.temperature,
-                top_p=options.top_p,
-                seed=options.seed,
-                stop=list(options.stop),
-                presence_penalty=options.presence_penalty,
-                frequency_penalty=options.frequency_penalty,
-                logprobs=options.top_logprobs,
-                output_kind=RequestOutputKind.DELTA,
-            )
-        except (ValueError, VLLMClientError) as exc:
-            raise EngineBadRequest(str(exc)) from None
-        prompt: dict[str, Any] = {"prompt": self.render_prompt(request.messages)}
-        if request.images:
-            prompt["multi_modal_data"] = {"image": list(request.images)}
-        if request.mm_kwargs:
-            prompt["mm_processor_kwargs"] = dict(request.mm_kwargs)
-
-        completion_tokens = 0
+            answer = await self._serving.create_chat_completion(vllm_request, None)
+        except Exception as exc:  # what vllm serve's exception handlers answer
+            raise self._error(create_error_response(exc).error.model_dump()) from exc
+        if isinstance(answer, ErrorResponse):
+            raise self._error(answer.error.model_dump())
+        if not isinstance(answer, AsyncIterator):
+            yield answer.model_dump()
+            return
         try:
-            # Like `vllm serve` for chat: the template writes the special tokens itself.
-            async for output in self._llm.generate(
-                prompt,
-                params,
-                request.request_id,
-                tokenization_kwargs={"add_special_tokens": False},
-            ):
-                deltas = tuple(
-                    ChoiceDelta(
-                        index=c.index,
-                        text=c.text,
-                        logprobs=_logprobs(c, options.top_logprobs),
-                        finish_reason=c.finish_reason,
-                    )
-                    for c in output.outputs
-                )
-                completion_tokens += sum(len(c.token_ids) for c in output.outputs)
-                if output.finished:
-                    yield EngineEvent(deltas, len(output.prompt_token_ids), completion_tokens)
-                else:
-                    yield EngineEvent(deltas)
-        except EngineDeadError:
-            raise EngineUnavailable("the engine has stopped; see the server log") from None
-        except VLLMClientError as exc:
-            raise EngineBadRequest(str(exc)) from None
-        except Exception as exc:
-            cause = _value_error_cause(exc)
-            if cause is not None:
-                raise EngineBadRequest(str(cause)) from None
-            raise
+            async for line in answer:
+                data = line.removeprefix("data: ").strip()
+                if data == "[DONE]":
+                    return
+                chunk = json.loads(data)
+                if "error" in chunk:
+                    raise self._error(chunk["error"])
+                yield chunk
+        finally:
+            await answer.aclose()  # aborts the request in vLLM when the client went away
 
+    def _check_alive(self) -> None:
+        if self._llm is None or self._llm.errored:
+            raise EngineUnavailable("the engine has stopped; see the server log")
 
-def _value_error_cause(exc: BaseException) -> ValueError | None:
-    """The ValueError behind a failed generation (input processing, CROP's options), if any."""
-    seen: BaseException | None = exc
-    while seen is not None:
-        if isinstance(seen, ValueError):
-            return seen
-        seen = seen.__cause__
-    return None
-
-
-def _logprobs(completion: Any, top_logprobs: int | None) -> tuple[TokenLogprob, ...] | None:
-    if top_logprobs is None or completion.logprobs is None:
-        return None
-    entries = []
-    for token_id, candidates in zip(completion.token_ids, completion.logprobs, strict=True):
-        chosen = candidates[token_id]
-        ranked = sorted(
-            (c for c in candidates.values() if c.rank is not None and c.rank <= top_logprobs),
-            key=lambda c: c.rank,
-        )
-        entries.append(
-            TokenLogprob(
-                token=chosen.decoded_token or "",
-                logprob=chosen.logprob,
-                top=tuple(TopLogprob(c.decoded_token or "", c.logprob) for c in ranked),
-            )
-        )
-    return tuple(entries)
+    def _error(self, error: dict[str, Any]) -> Exception:
+        """vLLM's error object as the gateway's error (503 once the engine is dead)."""
+        self._check_alive()
+        return refusal(int(error.get("code") or 500), str(error.get("message")), error.get("param"))

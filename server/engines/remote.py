@@ -1,14 +1,17 @@
 """Remote engine: one or more `vllm serve` backends running the CROP plugin, over HTTP.
 
-Backends must run with `--trust-request-mm-kwargs` (the CROP plan travels as the top-level
-`mm_processor_kwargs` of the chat request) and with the same `--hf-overrides` CROP settings as
-the gateway, so its token accounting matches what they prune. Requests go to the healthy backend
-with the fewest outstanding requests. A backend that refuses connections or answers 5xx is taken
-out and probed again every `retry_interval_s`; the request moves on to another backend as long
-as nothing has been streamed to the client yet. A connection the backend closed as a request
-arrived (an idle keep-alive connection) is retried once on a new one before the backend counts
-as down. Every call streams from the backend, so closing the client's stream closes the backend
-connection, and vLLM aborts the request.
+Backends run with `--trust-request-mm-kwargs` (the CROP plan travels as the top-level
+`mm_processor_kwargs` of the chat request) and with the gateway's CROP settings, which the
+gateway checks: at startup and in every probe it asks each backend (vLLM's own `/tokenize`) how
+many prompt tokens PLC saves on a probe image and whether ILP modes are allowed, and takes a
+backend whose answer differs from its own accounting out of rotation until it agrees.
+
+Requests go to the healthy backend with the fewest outstanding requests. A backend that refuses
+connections or answers 5xx is taken out and probed again every `retry_interval_s`; the request
+moves on to another backend as long as nothing has been streamed to the client yet. A
+connection the backend closed as a request arrived (an idle keep-alive connection) is retried
+once on a new one before the backend counts as down. Every call streams from the backend, so
+closing the client's stream closes the backend connection, and vLLM aborts the request.
 """
 
 from __future__ import annotations
@@ -20,31 +23,30 @@ import io
 import itertools
 import json
 import logging
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import httpx
-from PIL import Image
 
-from crop_localizer.images import encoded_source
+from server.decoding import LoadedImage
 from server.engines import (
-    ChoiceDelta,
-    EngineBadRequest,
     EngineError,
-    EngineEvent,
     EngineRequest,
     EngineStatus,
     EngineUnavailable,
-    TokenLogprob,
-    TopLogprob,
+    Response,
+    ServedModel,
+    refusal,
 )
+from server.engines.vllm_api import replace_images
 
 logger = logging.getLogger(__name__)
 
 #: Idle pooled connections are dropped after this long: below uvicorn's (so vLLM's) 5 s
 #: keep-alive timeout, so the gateway does not send on a connection the backend is closing.
 KEEPALIVE_EXPIRY_S = 2.0
+PROBE_TIMEOUT_S = 10.0
 #: Errors of a connection that was closed before any response: the request may be sent again.
 _STALE_CONNECTION = (httpx.RemoteProtocolError, httpx.ReadError, httpx.WriteError)
 
@@ -64,12 +66,36 @@ class _StaleConnection(_BackendDown):
     """The backend closed the connection before answering: worth one more try on a new one."""
 
 
+@dataclass(frozen=True)
+class CropCheck:
+    """What a backend must answer to count as pruning the way the gateway counts.
+
+    PLC with mode `plc` and `region` on the image at `image_url` must save `saved_tokens`
+    prompt tokens (the gateway's accounting with its settings and model), and a `plc+ilp`
+    request must be accepted exactly when `ilp` is (the gateway's `crop_enable_ilp`).
+    """
+
+    image_url: str
+    region: tuple[float, float, float, float]
+    saved_tokens: int
+    ilp: bool
+
+
+#: Called after each probe of a backend: (url, serving, CROP settings differ).
+BackendReport = Callable[[str, bool, bool], None]
+
+
 @dataclass
 class Backend:
     url: str
     healthy: bool = False
     outstanding: int = 0
     model: str | None = None
+    root: str | None = None
+    max_model_len: int | None = None
+    vllm_version: str | None = None
+    #: Why the backend's CROP answers differ from the gateway's, while they do.
+    mismatch: str | None = None
     last_error: str | None = None
 
     def describe(self) -> dict[str, Any]:
@@ -78,6 +104,8 @@ class Backend:
             "healthy": self.healthy,
             "outstanding": self.outstanding,
             "model": self.model,
+            "vllm_version": self.vllm_version,
+            "crop_settings_match": None if self.model is None else self.mismatch is None,
             "last_error": self.last_error,
         }
 
@@ -91,6 +119,8 @@ class RemoteEngine:
         self,
         urls: Sequence[str],
         *,
+        crop_check: CropCheck | None = None,
+        report: BackendReport | None = None,
         retry_interval_s: float = 5.0,
         connect_timeout_s: float = 5.0,
         read_timeout_s: float = 600.0,
@@ -98,6 +128,8 @@ class RemoteEngine:
         if not urls:
             raise ValueError("the remote engine needs at least one backend URL")
         self.backends = [Backend(url.rstrip("/")) for url in urls]
+        self._crop_check = crop_check
+        self._report = report
         self._retry_interval_s = retry_interval_s
         self._timeout = httpx.Timeout(connect_timeout_s, read=read_timeout_s, pool=None)
         self._client: httpx.AsyncClient | None = None
@@ -113,7 +145,7 @@ class RemoteEngine:
         await self.probe()
         if not any(b.healthy for b in self.backends):
             logger.warning(
-                "no vLLM backend answers yet; retrying every %gs", self._retry_interval_s
+                "no vLLM backend serves yet; probing again every %gs", self._retry_interval_s
             )
         self._prober = asyncio.create_task(self._probe_forever())
 
@@ -135,30 +167,112 @@ class RemoteEngine:
             },
         )
 
+    async def served_model(self) -> ServedModel:
+        serving = [b for b in self.backends if b.healthy] or self.backends
+        lengths = [b.max_model_len for b in serving if b.max_model_len is not None]
+        root = next((b.root for b in serving if b.root is not None), None)
+        return ServedModel(root, min(lengths) if lengths else None)
+
+    def vllm_versions(self) -> list[str]:
+        return sorted({b.vllm_version for b in self.backends if b.vllm_version is not None})
+
+    def engine_metrics(self) -> bytes:
+        return b""
+
+    async def wait_dead(self) -> None:
+        await asyncio.Event().wait()  # backends come and go; the gateway outlives them
+
     async def probe(self) -> None:
-        """Ask every backend for its model list: alive, and which name to send."""
+        """Ask every backend what it serves and how it prunes: alive, which name to send,
+        and whether its CROP settings agree with the gateway's."""
         await asyncio.gather(*(self._probe(b) for b in self.backends))
 
     async def _probe(self, backend: Backend) -> None:
-        assert self._client is not None
         try:
-            try:
-                response = await self._client.get(f"{backend.url}/v1/models", timeout=5.0)
-            except _STALE_CONNECTION:
-                response = await self._client.get(f"{backend.url}/v1/models", timeout=5.0)
-            response.raise_for_status()
-            models = response.json()["data"]
-            backend.model = models[0]["id"]
-        except (httpx.HTTPError, ValueError, KeyError, IndexError) as exc:
+            models = (await self._get(backend, "/v1/models")).json()["data"]
+            backend.model, backend.root = models[0]["id"], models[0].get("root")
+            backend.max_model_len = models[0].get("max_model_len")
+            backend.vllm_version = (await self._get(backend, "/version")).json().get("version")
+            mismatch = await self._check_crop(backend)
+        except (httpx.HTTPError, ValueError, KeyError, IndexError, TypeError) as exc:
             if backend.healthy:
                 logger.warning("backend %s is down: %s", backend.url, exc)
             backend.healthy = False
             backend.last_error = f"{type(exc).__name__}: {exc}"
-            return
-        if not backend.healthy:
-            logger.info("backend %s is up (model %s)", backend.url, backend.model)
-        backend.healthy = True
-        backend.last_error = None
+        else:
+            if mismatch is not None:
+                if backend.mismatch != mismatch:
+                    logger.error(
+                        "backend %s is out of rotation: its CROP settings differ from the "
+                        "gateway's (%s); start it with the gateway's --crop-* settings",
+                        backend.url,
+                        mismatch,
+                    )
+                backend.healthy = False
+                backend.last_error = f"CROP settings differ: {mismatch}"
+            elif not backend.healthy:
+                logger.info("backend %s serves (model %s)", backend.url, backend.model)
+                backend.healthy = True
+                backend.last_error = None
+            backend.mismatch = mismatch
+        if self._report is not None:
+            self._report(backend.url, backend.healthy, backend.mismatch is not None)
+
+    async def _get(self, backend: Backend, path: str) -> httpx.Response:
+        assert self._client is not None
+        url = backend.url + path
+        try:
+            response = await self._client.get(url, timeout=PROBE_TIMEOUT_S)
+        except _STALE_CONNECTION:
+            response = await self._client.get(url, timeout=PROBE_TIMEOUT_S)
+        return response.raise_for_status()
+
+    async def _check_crop(self, backend: Backend) -> str | None:
+        """None when the backend prunes as the gateway counts, else what differs."""
+        check = self._crop_check
+        if check is None:
+            return None
+        off = await self._tokenize(backend, {"crop_mode": "off"})
+        plc = await self._tokenize(
+            backend, {"crop_mode": "plc", "crop_regions": [list(check.region)]}
+        )
+        if off is None or plc is None:
+            return (
+                "it refuses CROP's mm_processor_kwargs (run it with the CROP architecture and "
+                "--trust-request-mm-kwargs)"
+            )
+        if off - plc != check.saved_tokens:
+            return (
+                f"PLC on the probe image saves {off - plc} prompt tokens there and "
+                f"{check.saved_tokens} here (crop_inside_stride, crop_outside_stride, "
+                "crop_drop_outside or the model differ)"
+            )
+        ilp = await self._tokenize(
+            backend, {"crop_mode": "plc+ilp", "crop_regions": [list(check.region)]}
+        )
+        if (ilp is not None) != check.ilp:
+            allows = "allows" if ilp is not None else "refuses"
+            return f"it {allows} ILP modes (crop_enable_ilp), the gateway has {check.ilp}"
+        return None
+
+    async def _tokenize(self, backend: Backend, crop: dict[str, object]) -> int | None:
+        """Prompt tokens of the probe request with these CROP kwargs; None when refused."""
+        assert self._client is not None and self._crop_check is not None
+        content = [
+            {"type": "image_url", "image_url": {"url": self._crop_check.image_url}},
+            {"type": "text", "text": "What is in the top left corner?"},
+        ]
+        body = {
+            "model": backend.model,
+            "messages": [{"role": "user", "content": content}],
+            "mm_processor_kwargs": crop,
+        }
+        response = await self._client.post(
+            backend.url + "/tokenize", json=body, timeout=PROBE_TIMEOUT_S
+        )
+        if response.status_code == 400:
+            return None
+        return int(response.raise_for_status().json()["count"])
 
     async def _probe_forever(self) -> None:
         while True:
@@ -177,9 +291,12 @@ class RemoteEngine:
         logger.warning("taking backend %s out: %s", backend.url, reason)
         backend.healthy = False
         backend.last_error = reason
+        if self._report is not None:
+            self._report(backend.url, False, backend.mismatch is not None)
 
-    async def generate(self, request: EngineRequest) -> AsyncIterator[EngineEvent]:
+    async def generate(self, request: EngineRequest) -> AsyncIterator[Response]:
         body = await asyncio.to_thread(_chat_body, request)
+        headers = {"X-Request-Id": request.request_id}
         tried: set[str] = set()
         retried: set[str] = set()
         while True:
@@ -193,9 +310,9 @@ class RemoteEngine:
             streamed = False
             backend.outstanding += 1
             try:
-                async for event in self._stream(backend, body):
+                async for answer in self._send(backend, {**body, "model": backend.model}, headers):
                     streamed = True
-                    yield event
+                    yield answer
                 return
             except _StaleConnection as exc:  # nothing streamed: no response had started
                 if backend.url in retried:
@@ -210,26 +327,33 @@ class RemoteEngine:
             finally:
                 backend.outstanding -= 1
 
-    async def _stream(self, backend: Backend, body: dict[str, Any]) -> AsyncIterator[EngineEvent]:
+    async def _send(
+        self, backend: Backend, body: dict[str, Any], headers: dict[str, str]
+    ) -> AsyncIterator[Response]:
+        """vLLM's answer to `body`: its stream's chunks, or its one completion."""
         assert self._client is not None
         url = f"{backend.url}/v1/chat/completions"
         answered = False
         try:
-            async with self._client.stream(
-                "POST", url, json={**body, "model": backend.model}
-            ) as response:
+            async with self._client.stream("POST", url, json=body, headers=headers) as response:
                 answered = True
                 if response.status_code >= 500:
                     raise _BackendDown(f"HTTP {response.status_code}")
                 if response.status_code != 200:
                     raise _refusal(response.status_code, await response.aread())
+                if not body.get("stream"):
+                    yield json.loads(await response.aread())
+                    return
                 async for line in response.aiter_lines():
                     if not line.startswith("data:"):
                         continue
                     data = line[5:].strip()
                     if data == "[DONE]":
                         return
-                    yield _event(json.loads(data))
+                    chunk = json.loads(data)
+                    if "error" in chunk:
+                        raise _stream_error(chunk["error"])
+                    yield chunk
         except httpx.TransportError as exc:
             stale = not answered and isinstance(exc, _STALE_CONNECTION)
             raise (_StaleConnection if stale else _BackendDown)(
@@ -238,98 +362,63 @@ class RemoteEngine:
 
 
 def _refusal(status: int, payload: bytes) -> EngineError:
-    """A backend's 4xx as the gateway's error: 400s are the client's, others misconfiguration."""
-    message = payload.decode("utf-8", "replace")
+    """A backend's 4xx as the gateway's error: the client's fault, with vLLM's message."""
+    message, param = payload.decode("utf-8", "replace"), None
     with contextlib.suppress(ValueError, AttributeError):
         parsed = json.loads(payload)
         error = parsed.get("error", parsed)
-        message = error.get("message", message) if isinstance(error, dict) else str(error)
+        if isinstance(error, dict):
+            message, param = error.get("message", message), error.get("param")
+        else:
+            message = str(error)
     if status in (400, 422):
-        return EngineBadRequest(message)
+        return refusal(400, message, param)
     return BackendError(f"the vLLM backend answered HTTP {status}: {message}")
 
 
-def _event(chunk: dict[str, Any]) -> EngineEvent:
-    if "error" in chunk:
-        error = chunk["error"]
-        message = error.get("message", str(error)) if isinstance(error, dict) else str(error)
-        code = error.get("code") if isinstance(error, dict) else None
-        if code in (400, "400", "BadRequestError"):
-            raise EngineBadRequest(message)
-        raise BackendError(message)
-    deltas = []
-    for choice in chunk.get("choices") or ():
-        logprobs = None
-        content = (choice.get("logprobs") or {}).get("content")
-        if content is not None:
-            logprobs = tuple(
-                TokenLogprob(
-                    token=entry["token"],
-                    logprob=entry["logprob"],
-                    top=tuple(
-                        TopLogprob(t["token"], t["logprob"]) for t in entry.get("top_logprobs", ())
-                    ),
-                )
-                for entry in content
-            )
-        deltas.append(
-            ChoiceDelta(
-                index=choice["index"],
-                text=(choice.get("delta") or {}).get("content") or "",
-                logprobs=logprobs,
-                finish_reason=choice.get("finish_reason"),
-            )
-        )
-    usage = chunk.get("usage")
-    if usage:
-        return EngineEvent(tuple(deltas), usage["prompt_tokens"], usage["completion_tokens"])
-    return EngineEvent(tuple(deltas))
+def _stream_error(error: object) -> EngineError:
+    if not isinstance(error, dict):
+        return BackendError(str(error))
+    code = error.get("code")
+    status = int(code) if isinstance(code, int) or str(code).isdigit() else 500
+    return refusal(status, str(error.get("message", error)), error.get("param"))
 
 
-def _data_url(image: Image.Image) -> str:
-    """The client's own bytes when they decode to exactly these pixels, else a lossless PNG: the
-    backend prunes exactly the pixels the gateway measured and localized."""
-    source = encoded_source(image)
-    if source is None:
+def image_data_url(image: LoadedImage) -> str:
+    """The client's own bytes when they decode to exactly the gateway's pixels (its own data: URL
+    when it sent one), else a lossless PNG: the backend prunes exactly the pixels the gateway
+    measured and localized."""
+    source = image.source
+    if source is not None and source.data_url is not None:
+        return source.data_url
+    if source is not None:
+        mime, data = source.mime, source.data
+    else:
         buffer = io.BytesIO()
-        image.save(buffer, format="PNG", compress_level=1)
-        source = ("image/png", buffer.getvalue())
-    mime, data = source
+        image.pixels().save(buffer, format="PNG", compress_level=1)
+        mime, data = "image/png", buffer.getvalue()
     return f"data:{mime};base64," + base64.b64encode(data).decode("ascii")
 
 
 def _chat_body(request: EngineRequest) -> dict[str, Any]:
-    images = iter(request.images)
-    messages = []
-    for message in request.messages:
-        content = message["content"]
-        if isinstance(content, list):
-            content = [
-                {"type": "image_url", "image_url": {"url": _data_url(next(images))}}
-                if part["type"] == "image"
-                else part
-                for part in content
-            ]
-        messages.append({**message, "content": content})
-    options = request.sampling
-    body: dict[str, Any] = {
-        "messages": messages,
-        "max_tokens": options.max_tokens,
-        "n": options.n,
-        "temperature": options.temperature,
-        "top_p": options.top_p,
-        "presence_penalty": options.presence_penalty,
-        "frequency_penalty": options.frequency_penalty,
-        "stream": True,
-        "stream_options": {"include_usage": True},
-    }
-    if options.seed is not None:
-        body["seed"] = options.seed
-    if options.stop:
-        body["stop"] = list(options.stop)
-    if options.top_logprobs is not None:
-        body["logprobs"] = True
-        body["top_logprobs"] = options.top_logprobs
-    if request.mm_kwargs:
-        body["mm_processor_kwargs"] = dict(request.mm_kwargs)
+    """The client's fields as vLLM validated them, with the images as data: URLs, CROP's plan in
+    `mm_processor_kwargs` and usage always on in streams."""
+    body = request.request.model_dump(mode="json", exclude_unset=True, by_alias=True)
+    urls = [image_data_url(image) for image in request.images]
+    body["messages"] = replace_images(
+        body["messages"], lambda n: {"type": "image_url", "image_url": {"url": urls[n]}}
+    )
+    stream_options = request.stream_options()
+    for key, value in (
+        ("mm_processor_kwargs", request.mm_processor_kwargs()),
+        (
+            "stream_options",
+            stream_options and stream_options.model_dump(mode="json", by_alias=True),
+        ),
+    ):
+        if value is None:
+            body.pop(key, None)
+        else:
+            body[key] = value
+    body.pop("request_id", None)  # the X-Request-Id header names the request
     return body

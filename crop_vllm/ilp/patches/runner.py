@@ -23,6 +23,7 @@ none runs layers >= K not at all.
 
 from __future__ import annotations
 
+import functools
 import weakref
 from dataclasses import replace
 from typing import Any
@@ -54,6 +55,7 @@ def apply() -> None:
     check_vllm(RUNNER_TOUCHPOINTS)
     stock_model_forward = GPUModelRunner._model_forward
 
+    @functools.wraps(stock_model_forward)
     def _model_forward(self: GPUModelRunner, *args: Any, **kwargs: Any) -> Any:
         ilp = getattr(self.get_model(), "crop_ilp", None)
         if ilp is not None:
@@ -119,24 +121,28 @@ class IlpRunnerState:
             [_private_group(group, runner) for group in groups] for groups in runner.attn_groups
         ]
         self.staging = _Staging(runner)
-        self._drops: dict[str, np.ndarray] = {}
+        #: request id -> (number of mm features it was computed from, sorted drops), as the
+        #: scheduler's planner keeps it (`crop_vllm.ilp.kv.IlpKvPlanner`).
+        self._drops: dict[str, tuple[int, np.ndarray]] = {}
 
     def request_drops(self, runner: GPUModelRunner, ilp: Any) -> list[np.ndarray]:
         """Dropped prompt positions of each request in the batch, computed once per request."""
         drops = []
         for req_id in runner.input_batch.req_ids:
-            if req_id not in self._drops:
-                state = runner.requests[req_id]
-                self._drops[req_id] = ilp.request_drops(state.mm_features, state.num_prompt_tokens)
-            drops.append(self._drops[req_id])
+            request = runner.requests[req_id]
+            cached = self._drops.get(req_id)
+            if cached is None or cached[0] != len(request.mm_features):
+                plan = ilp.request_drops(request.mm_features, request.num_prompt_tokens)
+                cached = self._drops[req_id] = (len(request.mm_features), plan)
+            drops.append(cached[1])
         if len(self._drops) > len(runner.requests):  # some request left the runner
             self._drops = {r: d for r, d in self._drops.items() if r in runner.requests}
         return drops
 
     def drops_of(self, req_id: str) -> list[int] | None:
         """The dropped positions this worker computed for a request (None: not seen yet)."""
-        drops = self._drops.get(req_id)
-        return None if drops is None else drops.tolist()
+        cached = self._drops.get(req_id)
+        return None if cached is None else cached[1].tolist()
 
 
 _STATES: weakref.WeakKeyDictionary[GPUModelRunner, IlpRunnerState] = weakref.WeakKeyDictionary()
@@ -165,17 +171,19 @@ def install_step(runner: GPUModelRunner, ilp: Any) -> None:
     if compaction is None:
         return
     context = get_forward_context()
-    state.staging.stage(compaction)
-    if compaction.num_tokens:
-        attn_metadata, slot_mapping = _kept_metadata(runner, state, compaction, ilp)
-    else:  # no kept token: attention of layers >= K returns at once, no KV is written
+    keeps_none = compaction.num_tokens == 0
+    if keeps_none:  # layers >= K get one row, without attention or KV write (see IlpStep)
+        compaction = replace(compaction, kept_rows=np.zeros(1, dtype=np.int64))
         attn_metadata = slot_mapping = dict.fromkeys(ilp.pruned_layer_names)
+    state.staging.stage(compaction)
+    if not keeps_none:
+        attn_metadata, slot_mapping = _kept_metadata(runner, state, compaction, ilp)
     context.attn_metadata = {**context.attn_metadata, **attn_metadata}  # type: ignore[dict-item]
     context.slot_mapping = {**context.slot_mapping, **slot_mapping}  # type: ignore[dict-item]
-    if compaction.num_tokens < int(num_scheduled.sum()):
+    if keeps_none or compaction.num_tokens < int(num_scheduled.sum()):
         context.cudagraph_runtime_mode = CUDAGraphMode.NONE
     context.additional_kwargs[FORWARD_CONTEXT_KEY] = IlpStep(
-        kept_rows=state.staging.kept_rows.gpu[: compaction.num_tokens]
+        kept_rows=state.staging.kept_rows.gpu[: len(compaction.kept_rows)], keeps_none=keeps_none
     )
 
 
@@ -218,13 +226,16 @@ def _kept_metadata(
     query_lens = np.diff(compaction.query_start_loc)
     attn_metadata: dict[str, Any] = {}
     slot_mapping: dict[str, torch.Tensor] = {}
+    # As vLLM does across KV-cache groups: groups that differ only in their block tables
+    # (the compacted ones) build once and update the block table when the builder can.
+    built: dict[tuple[Any, type], Any] = {}
     for group_id, group in enumerate(runner.kv_cache_config.kv_cache_groups):
         spec = group.kv_cache_spec
         if not isinstance(spec, FullAttentionSpec):
             raise NotImplementedError(f"ILP supports full-attention KV caches only, got {spec}")
         layer_names = [
-            [name for name in group.layer_names if name in ilp.pruned_layer_names]
-            for group in state.groups[group_id]
+            [name for name in attn_group.layer_names if name in ilp.pruned_layer_names]
+            for attn_group in state.groups[group_id]
         ]
         if not any(layer_names):
             continue  # layers < K only: they run with the stock metadata
@@ -255,7 +266,13 @@ def _kept_metadata(
         for attn_group, names in zip(state.groups[group_id], layer_names, strict=True):
             if not names:
                 continue
-            metadata = attn_group.build_metadata(common)
+            builder = attn_group.get_metadata_builder()
+            key = (spec, type(builder))
+            if key in built and builder.supports_update_block_table:
+                kernel_table = attn_group.map_to_kernel_block_table(common.block_table_tensor)
+                metadata = builder.update_block_table(built[key], kernel_table, slots)
+            else:
+                metadata = built[key] = attn_group.build_metadata(common)
             for layer_name in names:
                 attn_metadata[layer_name] = metadata
                 slot_mapping[layer_name] = slots

@@ -1,16 +1,19 @@
-"""Decode untrusted image bytes into RGB PIL images: the one place the project does this.
+"""Untrusted image bytes -> `LoadedImage`: the one place the project decodes client images.
 
-The gateway and the localizer both take images from clients, so the size limits, the error
-messages and the colour handling live here once. Limits are checked from the header, before
-the pixel data is decompressed, so a small file that claims a huge canvas (a decompression
-bomb) costs nothing.
+Limits are checked from the header, before any pixel data is decompressed, so a small file that
+claims a huge canvas (a decompression bomb) costs nothing. Pixels are decoded only when
+something needs them (the localizer, a preview, the embedded engine, a conversion): an upright
+8-bit RGB JPEG or PNG goes to a remote engine as the client's own bytes, never decoded here, so
+the backend decodes exactly what the gateway measured.
 """
 
 from __future__ import annotations
 
 import contextlib
 import io
+import threading
 import warnings
+from dataclasses import dataclass
 
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
@@ -18,8 +21,7 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 # 16-bit and 32-bit integer modes: scaled down to 8 bits instead of clipped at 255.
 _WIDE_INTEGER_MODES = {"I;16", "I;16L", "I;16B", "I;16N", "I"}
 # Still (single-frame) formats whose bytes any Pillow decodes to the same RGB pixels.
-_SOURCE_FORMATS = {"JPEG", "PNG"}
-_SOURCE_KEY = "crop_source"
+_PASSABLE_FORMATS = {"JPEG", "PNG"}
 _EXIF_ORIENTATION = 0x0112
 
 
@@ -40,13 +42,57 @@ class ImageTooLargeError(ImageDecodeError):
     """More pixels than the configured limit (this includes decompression bombs)."""
 
 
-def decode_image(data: bytes, *, max_pixels: int) -> Image.Image:
-    """Decode `data` into a fully loaded RGB image, upright per its EXIF orientation.
+@dataclass(frozen=True)
+class EncodedImage:
+    """Bytes as the client sent them, with their MIME type; `data_url` is the client's own
+    `data:` URL when the bytes came in one (so it can be forwarded without re-encoding)."""
 
-    Grayscale, palette, CMYK and 16-bit images are converted to 8-bit RGB; transparent pixels
-    are composited over white. Animated images yield their first frame. Raises a subclass of
-    `ImageDecodeError` with a client-facing message for anything unusable.
+    mime: str
+    data: bytes
+    data_url: str | None = None
+
+
+class LoadedImage:
+    """A client's image: its size from the header, its RGB pixels decoded once on first use, and
+    the client's bytes (`source`) when decoding them gives exactly those pixels (8-bit RGB JPEG
+    or PNG, upright, opaque); `source` is None for images the gateway had to convert."""
+
+    def __init__(self, opened: Image.Image, source: EncodedImage | None) -> None:
+        self.width, self.height = opened.size
+        self.source = source
+        self._opened: Image.Image | None = opened
+        self._pixels: Image.Image | None = None
+        self._lock = threading.Lock()
+
+    @property
+    def size(self) -> tuple[int, int]:
+        return self.width, self.height
+
+    def pixels(self) -> Image.Image:
+        """The decoded RGB image (decoded on the first call; raises `CorruptImageError` when the
+        data turns out truncated or damaged)."""
+        with self._lock:
+            if self._pixels is None:
+                assert self._opened is not None
+                self._pixels = _finish(self._opened, converted=self.source is None)
+                self._opened = None
+            return self._pixels
+
+
+def load_image(data: bytes, *, max_pixels: int, data_url: str | None = None) -> LoadedImage:
+    """Check `data`'s header (format, size, limits) into a `LoadedImage`, without decoding its
+    pixels; `data_url` is the client's `data:` URL that carried the bytes, if any.
+
+    Raises a subclass of `ImageDecodeError` with a client-facing message for anything unusable
+    in the header; damaged pixel data surfaces when `pixels()` decodes it.
     """
+    image = _open(data, max_pixels)
+    if _passable(image):
+        return LoadedImage(image, EncodedImage(Image.MIME[image.format or ""], data, data_url))
+    return LoadedImage(image, None)
+
+
+def _open(data: bytes, max_pixels: int) -> Image.Image:
     if max_pixels <= 0:
         raise ValueError(f"max_pixels must be positive, got {max_pixels}")
     if not data:
@@ -64,19 +110,22 @@ def decode_image(data: bytes, *, max_pixels: int) -> Image.Image:
         ) from exc
     except (OSError, SyntaxError, ValueError) as exc:
         raise CorruptImageError(f"the image header is damaged ({exc})") from exc
-
     width, height = image.size
     if width * height > max_pixels:
         raise ImageTooLargeError(
             f"the image is {width}x{height} = {width * height} pixels, "
             f"more than the limit of {max_pixels}"
         )
+    return image
+
+
+def _finish(image: Image.Image, *, converted: bool) -> Image.Image:
+    """Decode the pixel data; convert to upright 8-bit RGB unless the image already is."""
     try:
         image.load()
     except (OSError, SyntaxError, ValueError, EOFError) as exc:
         raise CorruptImageError(f"the image data is truncated or damaged ({exc})") from exc
-    if _usable_as_sent(image):
-        image.info[_SOURCE_KEY] = (Image.MIME[image.format], data)
+    if not converted:
         return image
     # A damaged EXIF block loses only the orientation, not the picture.
     with contextlib.suppress(OSError, SyntaxError, ValueError, KeyError, TypeError):
@@ -84,15 +133,9 @@ def decode_image(data: bytes, *, max_pixels: int) -> Image.Image:
     return _to_rgb(image)
 
 
-def encoded_source(image: Image.Image) -> tuple[str, bytes] | None:
-    """(MIME type, bytes) the client sent for `image`, when decoding them gives exactly its
-    pixels (8-bit RGB JPEG or PNG, upright, opaque); None when the image was converted. Passing
-    these on saves re-encoding (a PNG costs ~30 ms at 672 px) and the receiver's slower decode."""
-    return image.info.get(_SOURCE_KEY)
-
-
-def _usable_as_sent(image: Image.Image) -> bool:
-    if image.format not in _SOURCE_FORMATS or image.mode != "RGB" or "transparency" in image.info:
+def _passable(image: Image.Image) -> bool:
+    """Whether the client's bytes decode to the pixels the gateway uses, as they are."""
+    if image.format not in _PASSABLE_FORMATS or image.mode != "RGB" or "transparency" in image.info:
         return False
     with contextlib.suppress(OSError, SyntaxError, ValueError, KeyError, TypeError):
         return image.getexif().get(_EXIF_ORIENTATION, 1) == 1
