@@ -18,6 +18,7 @@ import sys
 from pathlib import Path
 
 from crop_vllm.families import family_of_architecture
+from crop_vllm.options import CropSettings
 
 DEMO_DIR = Path(os.environ.get("CROP_CACHE_DIR", Path.home() / ".cache" / "crop-serving")) / "demo"
 
@@ -41,15 +42,19 @@ def vllm_serve_prefix(model: Path) -> list[str]:
     return [sys.executable, "-m", "vllm.entrypoints.cli.main", "serve", str(model)]
 
 
-def serve_command(model: Path, host: str, port: int, extra: list[str]) -> list[str]:
+def serve_command(
+    model: Path, host: str, port: int, extra: list[str], settings: CropSettings | None = None
+) -> list[str]:
+    """`vllm serve MODEL` with vLLM's defaults, the CROP architecture and `settings` (the
+    plugin's defaults when None), trusting the requests' CROP kwargs; then `extra`."""
     overrides = {"architectures": [crop_architecture(model)]}
+    if settings is not None:
+        overrides.update(settings.to_hf_overrides())
     return [
         *vllm_serve_prefix(model),
         "--host", host, "--port", str(port),
         "--hf-overrides", json.dumps(overrides),
         "--trust-request-mm-kwargs",
-        "--enforce-eager",
-        "--max-model-len", "2048",
         *extra,
     ]  # fmt: skip
 
@@ -65,7 +70,10 @@ def main(argv: list[str] | None = None) -> None:
         from crop_vllm.testing.tiny_models import build_tiny_model
 
         model = build_tiny_model("llava", DEMO_DIR / "llava")
-        extra = ["--dtype", "float32", *extra]
+        # Eager for the tiny random-weight demo only: it starts faster, and a model that exists
+        # to exercise the path gains nothing from compilation. A real --model runs with vLLM's
+        # defaults (compiled), as CROP is meant to.
+        extra = ["--dtype", "float32", "--enforce-eager", "--max-model-len", "2048", *extra]
         print(f"serving the tiny random-weight demo model at {model}", file=sys.stderr)
     os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "2")
     os.environ.setdefault("VLLM_CPU_OMP_THREADS_BIND", "nobind")

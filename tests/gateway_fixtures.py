@@ -33,10 +33,11 @@ from prometheus_client.parser import text_string_to_metric_families
 from crop_vllm.testing.servers import free_port
 from server.accounting import ModelGeometry
 from server.app import build_engine, create_app
-from server.config import GatewayConfig, Limits
+from server.config import CropDefaults, GatewayConfig, Limits
 from server.engines import Engine
 from server.engines.embedded import EmbeddedEngine
 from server.images import ImageLimits, parse_networks
+from tests.engine_fixtures import SERVING_BLOCK_SIZE, SERVING_SETTINGS
 from tests.engine_support import test_image
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -54,9 +55,10 @@ MAX_IMAGE_BYTES = 200_000
 MAX_IMAGE_PIXELS = 600 * 600
 ENGINE_ARGS = {
     "dtype": "float32",
-    "enforce_eager": True,
+    "enforce_eager": True,  # starts faster; compiled CROP is tested on the plugin's engines
     "max_model_len": 2048,
     "max_num_seqs": 8,
+    "block_size": SERVING_BLOCK_SIZE,
     "seed": 0,
 }
 
@@ -245,9 +247,11 @@ def gateway_model(tiny_checkpoint) -> str:
 
 @pytest.fixture(scope="session")
 def embedded_engine(server_loop, gateway_model) -> Iterator[EmbeddedEngine]:
-    """The session's one in-process vLLM engine: the tiny LLaVA under its CROP architecture,
-    built as `crop-server` builds it."""
-    config = gateway_config(gateway_model, engine_args=ENGINE_ARGS)
+    """The session's one in-process vLLM engine: the tiny LLaVA under its CROP architecture
+    with `SERVING_SETTINGS`, built as `crop-server` builds it."""
+    config = gateway_config(
+        gateway_model, engine_args=ENGINE_ARGS, crop=CropDefaults(SERVING_SETTINGS)
+    )
     geometry = ModelGeometry.load(config.model, config.crop.settings)
     engine = build_engine(config, geometry)
     assert isinstance(engine, EmbeddedEngine)
@@ -297,11 +301,13 @@ def start_gateway(server_loop, gateway_model, embedded_engine) -> Iterator[Calla
 @pytest.fixture(scope="session")
 def start_remote_gateway(server_loop, vllm_serve) -> Iterator[Callable[..., LiveGateway]]:
     """`start_remote_gateway(backend_urls, **config_changes) -> LiveGateway`: the remote engine
-    in front of these backends (probed every 0.3 s), stopped at the end of the session."""
+    in front of these backends (probed every 0.3 s) with `vllm_serve`'s CROP settings, stopped
+    at the end of the session."""
     started: list[LiveGateway] = []
 
     def start(urls: list[str], **changes: Any) -> LiveGateway:
         changes.setdefault("remote_retry_interval_s", 0.3)
+        changes.setdefault("crop", CropDefaults(SERVING_SETTINGS))
         config = gateway_config(vllm_serve.model, engine="remote", remote_urls=tuple(urls))
         started.append(server_loop.serve(create_app(replace(config, **changes))))
         return started[-1]

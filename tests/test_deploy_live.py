@@ -29,6 +29,8 @@ import yaml
 
 from crop_localizer import LocalizerConfig
 from server.app import create_app
+from server.config import CropDefaults
+from tests.engine_fixtures import SERVING_SETTINGS
 from tests.gateway_fixtures import API_KEY, free_port, gateway_config
 from tests.localizer_fixtures import TEST_IMGSZ
 
@@ -59,6 +61,7 @@ def gateway(server_loop, vllm_serve, world_model, vocabulary, tmp_path_factory):
         vllm_serve.model,
         engine="remote",
         remote_urls=(vllm_serve.url,),
+        crop=CropDefaults(SERVING_SETTINGS),
         localizer=LocalizerConfig(
             weights=files / "yolov8n-worldv2.pt",
             vocab_embeddings=files / "vocab.npz",

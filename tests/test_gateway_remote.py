@@ -147,9 +147,9 @@ def test_models_and_version_describe_what_the_backends_serve(remote_gateway, vll
     [
         CropSettings(outside_stride=2),
         CropSettings(drop_outside=True),
-        CropSettings(enable_ilp=True),
+        CropSettings(enable_ilp=False),
     ],
-    ids=["outside stride", "drop outside", "ILP enabled"],
+    ids=["outside stride", "drop outside", "ILP disabled"],
 )
 def test_a_backend_with_other_crop_settings_is_taken_out_of_rotation(
     start_remote_gateway, vllm_serve, settings

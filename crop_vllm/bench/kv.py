@@ -103,13 +103,13 @@ def percentile(values: list[float], fraction: float) -> float:
 
 
 class Workload:
-    """The checkpoint's geometry: prompt, image tokens, drops, KV bytes of one token-layer."""
+    """The checkpoint's geometry: prompt, image tokens, drops, KV shape."""
 
     def __init__(self, args: argparse.Namespace, checkpoint: Path) -> None:
         from transformers import AutoConfig, AutoImageProcessor
 
         from crop_vllm.geometry import image_grids, num_image_tokens
-        from crop_vllm.ilp.plan import image_keep_mask
+        from crop_vllm.ilp.plan import KvShape, image_keep_mask
         from crop_vllm.layout import CropMode, Region
         from crop_vllm.options import CropSettings, ImagePlan
 
@@ -124,16 +124,14 @@ class Workload:
             for mode in ("ilp", "plc+ilp")
             for mask in [image_keep_mask(grids, ImagePlan(CropMode(mode), region), plc)]
         }
-        text = self.config.text_config
-        self.num_layers = text.num_hidden_layers
-        head_dim = getattr(text, "head_dim", None) or text.hidden_size // text.num_attention_heads
-        kv_heads = getattr(text, "num_key_value_heads", text.num_attention_heads)
-        self.token_layer_bytes = 2 * kv_heads * head_dim * 4  # float32 on CPU
+        self.kv_shape = KvShape.of(self.config)
+        self.num_layers = self.kv_shape.num_layers
 
     def kv_cache_bytes(self, stock_tokens_per_request: int) -> int:
         """Bytes that hold `--fit` stock requests of `stock_tokens_per_request` tokens."""
         blocks = math.ceil(stock_tokens_per_request / self.args.block_size) * self.args.fit
-        return int(blocks * self.args.block_size * self.num_layers * self.token_layer_bytes)
+        layer_block = self.kv_shape.layer_block_bytes(self.args.block_size, 4)  # float32 on CPU
+        return blocks * self.num_layers * layer_block
 
     def layer_blocks(self, sample: Sample, mode: str | None, settings: dict[str, object]) -> int:
         """Layer-blocks the request held at its end (ILP rows: `kv_blocks`)."""

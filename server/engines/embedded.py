@@ -19,6 +19,7 @@ from server.engines import (
     EngineRequest,
     EngineStatus,
     EngineUnavailable,
+    KvCacheFacts,
     Response,
     ServedModel,
     refusal,
@@ -56,6 +57,7 @@ class EmbeddedEngine:
         self._llm: Any = None
         self._serving: Any = None
         self._models: Any = None
+        self._kv_cache: KvCacheFacts | None = None
 
     async def start(self) -> None:
         from starlette.datastructures import State
@@ -74,6 +76,12 @@ class EmbeddedEngine:
         }
         logger.info("starting the embedded vLLM engine: %s", args)
         self._llm = AsyncLLM.from_engine_args(AsyncEngineArgs(**args))
+        config = self._llm.vllm_config  # block size as the engine core settled it
+        self._kv_cache = KvCacheFacts(
+            block_size=config.cache_config.block_size,
+            cache_dtype=str(config.cache_config.cache_dtype),
+            model_dtype=str(config.model_config.dtype).removeprefix("torch."),
+        )
         serve_args = make_arg_parser(FlexibleArgumentParser()).parse_args(
             [
                 "--model", self.model,
@@ -136,6 +144,7 @@ class EmbeddedEngine:
         )
 
         self._check_alive()
+        request.served_by.kv_cache = self._kv_cache
         pixels = await asyncio.to_thread(lambda: [image.pixels() for image in request.images])
         vllm_request = request.request.model_copy(
             update={
