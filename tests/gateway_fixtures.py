@@ -23,13 +23,13 @@ from typing import Any, ClassVar, TypeVar
 from urllib.parse import parse_qs, urlsplit
 
 import httpx
-import numpy as np
 import openai
 import pytest
 import uvicorn
 from PIL import Image
 from prometheus_client.parser import text_string_to_metric_families
 
+from crop_vllm.testing.photos import noise, picture
 from crop_vllm.testing.servers import free_port
 from server.accounting import ModelGeometry
 from server.app import build_engine, create_app
@@ -38,7 +38,6 @@ from server.engines import Engine
 from server.engines.embedded import EmbeddedEngine
 from server.images import ImageLimits, parse_networks
 from tests.engine_fixtures import SERVING_BLOCK_SIZE, SERVING_SETTINGS
-from tests.engine_support import test_image
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")
@@ -49,7 +48,7 @@ MODEL_NAME = "tiny-llava"
 API_KEY = "test-key"
 AUTH = {"Authorization": f"Bearer {API_KEY}"}
 QUARTER = [0.0, 0.0, 0.5, 0.5]
-#: The size of `test_image`'s images.
+#: The size of `picture`'s images.
 IMAGE_SIZE = (224, 160)
 MAX_IMAGE_BYTES = 200_000
 MAX_IMAGE_PIXELS = 600 * 600
@@ -67,12 +66,6 @@ def png_bytes(image: Image.Image) -> bytes:
     buffer = io.BytesIO()
     image.save(buffer, format="PNG")
     return buffer.getvalue()
-
-
-def noise_image(width: int, height: int) -> Image.Image:
-    """Random pixels: PNG cannot compress them, so the file is about 3 bytes per pixel."""
-    rng = np.random.default_rng(0)
-    return Image.fromarray(rng.integers(0, 256, (height, width, 3), dtype=np.uint8))
 
 
 def data_url(image: Image.Image) -> str:
@@ -402,8 +395,8 @@ class _ImageHandler(BaseHTTPRequestHandler):
 @pytest.fixture(scope="session")
 def image_server() -> Iterator[ImageServer]:
     images = {
-        "small": test_image(1),
-        "big": noise_image(300, 300),  # a PNG larger than MAX_IMAGE_BYTES
+        "small": picture(1),
+        "big": noise(0, 300, 300),  # a PNG larger than MAX_IMAGE_BYTES
         "huge": Image.new("RGB", (700, 700), (10, 20, 30)),  # more pixels than allowed
     }
 

@@ -10,11 +10,11 @@ import pytest
 from transformers import AutoConfig
 
 from crop_vllm.ilp.plan import kv_blocks
+from crop_vllm.testing.photos import picture
 from server.config import CropDefaults
 from server.engines import KvCacheFacts
 from server.engines.remote import kv_cache_facts
 from tests.engine_fixtures import SERVING_BLOCK_SIZE, SERVING_SETTINGS
-from tests.engine_support import test_image
 from tests.gateway_fixtures import QUARTER, Delta, ask, data_url, image_message, scrape
 
 pytestmark = pytest.mark.engine
@@ -56,7 +56,7 @@ def test_an_ilp_request_reports_the_kv_it_held_with_and_without_the_saving(
 ):
     response = ask(
         ilp_gateway,
-        [image_message([data_url(test_image(90))])],
+        [image_message([data_url(picture(90))])],
         crop={"mode": "ilp", "regions": [QUARTER]},
     )
     kv = response.usage.crop["kv"]
@@ -69,7 +69,7 @@ def test_an_ilp_request_reports_the_kv_it_held_with_and_without_the_saving(
 def test_a_streamed_plc_ilp_request_reports_its_kv_in_the_usage_chunk(ilp_gateway, gateway_model):
     stream = ask(
         ilp_gateway,
-        [image_message([data_url(test_image(91))])],
+        [image_message([data_url(picture(91))])],
         crop={"mode": "plc+ilp", "regions": [QUARTER]},
         stream=True,
         stream_options={"include_usage": True},
@@ -83,7 +83,7 @@ def test_a_streamed_plc_ilp_request_reports_its_kv_in_the_usage_chunk(ilp_gatewa
 
 @pytest.mark.parametrize("crop", [{"mode": "off"}, {"mode": "plc", "regions": [QUARTER]}])
 def test_requests_without_ilp_report_their_kv_and_no_saving(ilp_gateway, gateway_model, crop):
-    response = ask(ilp_gateway, [image_message([data_url(test_image(92))])], crop=crop)
+    response = ask(ilp_gateway, [image_message([data_url(picture(92))])], crop=crop)
     kv = response.usage.crop["kv"]
     assert kv == expected_kv(gateway_model, response.usage, 0)
     assert kv["saved_fraction"] == 0
@@ -94,8 +94,8 @@ def test_the_kv_metrics_move_by_what_each_request_reports(ilp_gateway):
     ilp, plc, text = (
         ask(ilp_gateway, messages, crop=crop).usage.crop["kv"]
         for messages, crop in [
-            ([image_message([data_url(test_image(93))])], {"mode": "ilp", "regions": [QUARTER]}),
-            ([image_message([data_url(test_image(94))])], {"mode": "plc", "regions": [QUARTER]}),
+            ([image_message([data_url(picture(93))])], {"mode": "ilp", "regions": [QUARTER]}),
+            ([image_message([data_url(picture(94))])], {"mode": "plc", "regions": [QUARTER]}),
             ([{"role": "user", "content": "No image here."}], None),
         ]
     )
@@ -123,7 +123,7 @@ def test_through_vllm_serve_the_kv_is_counted_in_the_backends_blocks(
     }
     response = ask(
         remote_gateway,
-        [image_message([data_url(test_image(95))])],
+        [image_message([data_url(picture(95))])],
         crop={"mode": "ilp", "regions": [QUARTER]},
     )
     kv = response.usage.crop["kv"]

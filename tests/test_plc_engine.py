@@ -7,6 +7,7 @@ import pytest
 from crop_vllm.families import MODEL_TYPES
 from crop_vllm.geometry import image_grids, num_image_tokens
 from crop_vllm.layout import FULL_IMAGE, PLCSettings, Region
+from crop_vllm.testing.photos import picture
 from tests.engine_support import (
     BORDER,
     LOGPROB_TOLERANCE,
@@ -18,7 +19,6 @@ from tests.engine_support import (
     make_llm,
     request,
     shutdown,
-    test_image,
 )
 from tests.reference_plc import ReferencePLC
 
@@ -44,7 +44,7 @@ def arch(request):
 
 @pytest.fixture(scope="module")
 def images():
-    return [test_image(0), test_image(1, (196, 224)), test_image(2, (224, 224))]
+    return [picture(0), picture(1, 196, 224), picture(2, 224, 224)]
 
 
 def test_crop_off_matches_stock_vllm(arch, tiny_checkpoint, crop_engine, images):

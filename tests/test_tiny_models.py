@@ -13,14 +13,13 @@ import pytest
 import torch
 from safetensors import safe_open
 
+from crop_vllm.testing.photos import picture
 from crop_vllm.testing.tiny_models import (
     ARCHES,
     MARKER_FILE,
     build_tiny_model,
-    chat_messages,
     model_spec,
     suppressed_token_ids,
-    synthetic_image,
 )
 
 # Hub key layout: llava-hf checkpoints and Qwen/Qwen2.5-VL-*.
@@ -127,7 +126,8 @@ def test_text_round_trips(loaded):
 
 def test_chat_template_renders_image_parts(arch, loaded):
     processor = loaded[0]
-    messages = chat_messages("What is shown?")
+    content = [{"type": "image"}, {"type": "text", "text": "What is shown?"}]
+    messages = [{"role": "user", "content": content}]
     url_messages = [
         {
             "role": "user",
@@ -157,7 +157,7 @@ def test_generates_from_an_image_and_a_question(arch, loaded):
         {
             "role": "user",
             "content": [
-                {"type": "image", "image": synthetic_image(224, 224, seed=0)},
+                {"type": "image", "image": picture(0, 224, 224)},
                 {"type": "text", "text": "What is shown in this image?"},
             ],
         }
@@ -188,7 +188,7 @@ def test_generates_from_an_image_and_a_question(arch, loaded):
     assert text.isprintable() and "\ufffd" not in text
 
     # The image matters: another image changes the continuation.
-    messages[0]["content"][0]["image"] = synthetic_image(224, 224, seed=7)
+    messages[0]["content"][0]["image"] = picture(7, 224, 224)
     other = processor.apply_chat_template(
         messages,
         add_generation_prompt=True,
@@ -203,7 +203,7 @@ def test_generates_from_an_image_and_a_question(arch, loaded):
 
 def test_larger_image_gives_more_qwen_tokens(tiny_checkpoint):
     processor = _loaded(str(tiny_checkpoint("qwen2_5_vl")), "qwen2_5_vl")[0]
-    out = processor.image_processor(images=[synthetic_image(448, 448)], return_tensors="pt")
+    out = processor.image_processor(images=[picture(0, 448, 448)], return_tensors="pt")
     assert out["image_grid_thw"].tolist() == [[1, 32, 32]]  # 16x16 merged tokens
 
 

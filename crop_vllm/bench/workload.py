@@ -1,5 +1,5 @@
 """What the PLC and ILP benchmarks share: the mid-size checkpoint, one CROP engine on it, and the
-image+question workload (fresh random images, a quarter-image region)."""
+image+question workload (a fresh picture per request, a quarter-image region)."""
 
 from __future__ import annotations
 
@@ -12,6 +12,8 @@ from typing import Any
 
 import numpy as np
 from PIL import Image
+
+from crop_vllm.testing.photos import picture
 
 QUARTER = [0.0, 0.0, 0.5, 0.5]
 PROMPTS = {
@@ -43,10 +45,9 @@ def add_workload_arguments(parser: argparse.ArgumentParser, requests: int) -> No
 
 
 def images(count: int, size: int, seed: int = 0) -> list[Image.Image]:
-    rng = np.random.default_rng(seed)
-    return [
-        Image.fromarray(rng.integers(0, 255, (size, size, 3), dtype=np.uint8)) for _ in range(count)
-    ]
+    """`count` distinct square pictures (no cache hits between them or across seeds)."""
+    seeds = np.random.default_rng(seed).integers(0, 2**31, count)
+    return [picture(int(s), size, size) for s in seeds]
 
 
 def image_requests(
@@ -54,10 +55,10 @@ def image_requests(
 ) -> list[dict[str, Any]]:
     """`args.requests` prompts, each with its own fresh image; `crop` as processor kwargs."""
     requests = []
-    for index, picture in enumerate(images(args.requests, args.image_size, seed)):
+    for index, image in enumerate(images(args.requests, args.image_size, seed)):
         request: dict[str, Any] = {
             "prompt": PROMPTS[args.arch].format(q=QUESTIONS[index % len(QUESTIONS)]),
-            "multi_modal_data": {"image": picture},
+            "multi_modal_data": {"image": image},
         }
         if crop is not None:
             request["mm_processor_kwargs"] = crop
