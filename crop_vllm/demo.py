@@ -45,18 +45,28 @@ def vllm_serve_prefix(model: Path) -> list[str]:
 def serve_command(
     model: Path, host: str, port: int, extra: list[str], settings: CropSettings | None = None
 ) -> list[str]:
-    """`vllm serve MODEL` with vLLM's defaults, the CROP architecture and `settings` (the
-    plugin's defaults when None), trusting the requests' CROP kwargs; then `extra`."""
-    overrides = {"architectures": [crop_architecture(model)]}
-    if settings is not None:
-        overrides.update(settings.to_hf_overrides())
+    """`vllm serve MODEL` as README tells users to run CROP: vLLM's defaults, the CROP
+    architecture with `settings` (the plugin's defaults when None) and the engine arguments
+    they need, requests' CROP kwargs trusted; then `extra`."""
+    settings = settings or CropSettings()
+    overrides = {"architectures": [crop_architecture(model)], **settings.to_hf_overrides()}
+    required = [_flag(key, value) for key, value in settings.engine_requirements().items()]
     return [
         *vllm_serve_prefix(model),
         "--host", host, "--port", str(port),
         "--hf-overrides", json.dumps(overrides),
         "--trust-request-mm-kwargs",
+        *required,
         *extra,
     ]  # fmt: skip
+
+
+def _flag(key: str, value: object) -> str:
+    """An engine argument as `vllm serve` spells it."""
+    name = key.replace("_", "-")
+    if isinstance(value, bool):
+        return f"--{name}" if value else f"--no-{name}"
+    return f"--{name}={value}"
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -16,7 +16,7 @@ import pytest
 
 from crop_vllm.demo import serve_command
 from crop_vllm.options import CropSettings
-from crop_vllm.testing.servers import free_port, wait_until_healthy
+from crop_vllm.testing.servers import free_port, start_server, stop_server, wait_until_healthy
 from tests.engine_support import CROP_ARCH, make_llm, shutdown
 
 #: The CROP settings of the session's serving engines (`vllm serve` here, the gateways'
@@ -74,15 +74,10 @@ def vllm_serve(tiny_checkpoint, tmp_path_factory):
         "--enable-prompt-tokens-details",  # the gateway checks its image tokens per response
     ]  # fmt: skip
     command = serve_command(Path(model), "127.0.0.1", port, extra, SERVING_SETTINGS)
-    with log.open("w") as out:
-        process = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT, env=env)
+    process = start_server(command, log, env)
     url = f"http://127.0.0.1:{port}"
     try:
         wait_until_healthy(url, process, log, timeout=600)
         yield Server(url, model, process)
     finally:
-        process.terminate()
-        try:
-            process.wait(timeout=60)
-        except subprocess.TimeoutExpired:
-            process.kill()
+        stop_server(process)

@@ -10,7 +10,6 @@ the CROP plan travels in `mm_processor_kwargs`.
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 from collections.abc import AsyncIterator, Iterator, Mapping
 from typing import TYPE_CHECKING, Any
@@ -25,6 +24,7 @@ from server.engines import (
     refusal,
 )
 from server.engines.vllm_api import VLLM_VERSION, replace_images
+from server.sse import achunks
 
 if TYPE_CHECKING:
     from prometheus_client.metrics_core import Metric
@@ -168,11 +168,7 @@ class EmbeddedEngine:
             yield answer.model_dump()
             return
         try:
-            async for line in answer:
-                data = line.removeprefix("data: ").strip()
-                if data == "[DONE]":
-                    return
-                chunk = json.loads(data)
+            async for chunk in achunks(answer):
                 if "error" in chunk:
                     raise self._error(chunk["error"])
                 yield chunk

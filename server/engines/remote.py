@@ -45,6 +45,7 @@ from server.engines import (
     refusal,
 )
 from server.engines.vllm_api import replace_images
+from server.sse import achunks
 
 logger = logging.getLogger(__name__)
 
@@ -369,13 +370,7 @@ class RemoteEngine:
                 if not body.get("stream"):
                     yield json.loads(await response.aread())
                     return
-                async for line in response.aiter_lines():
-                    if not line.startswith("data:"):
-                        continue
-                    data = line[5:].strip()
-                    if data == "[DONE]":
-                        return
-                    chunk = json.loads(data)
+                async for chunk in achunks(response.aiter_lines()):
                     if "error" in chunk:
                         raise _stream_error(chunk["error"])
                     yield chunk
