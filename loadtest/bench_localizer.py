@@ -1,6 +1,6 @@
 """Benchmark the YOLO-World localizer: images/s and latency against batch size and max wait.
 
-    python loadtest/bench_localizer.py [--models s m] [--max-batch 1 4 8] [--max-wait-ms 2 20]
+    python -m loadtest.bench_localizer [--models s m] [--max-batch 1 4 8] [--max-wait-ms 2 20]
 
 A closed loop of `--concurrency` clients, each sending one image + question at a time, drives
 one localizer per setting; the table shows throughput, request latency p50/p99 and the mean
@@ -20,7 +20,6 @@ import statistics
 import time
 from dataclasses import dataclass
 
-import numpy as np
 import torch
 from PIL import Image
 from prometheus_client import CollectorRegistry
@@ -31,6 +30,8 @@ from crop_localizer.region import RegionRule
 from crop_localizer.testing import fake_vocabulary, random_world_model
 from crop_localizer.vocabulary import OBJECT_NAMES
 from crop_localizer.yolo_world import YoloWorldLocalizer
+from crop_vllm.testing.photos import picture
+from loadtest.common import closed_loop, percentile
 
 QUESTIONS = (
     "What color is the umbrella the woman holds?",
@@ -52,33 +53,18 @@ class Row:
     mean_batch: float
 
 
-def photo_like(seed: int, width: int = 640, height: int = 480) -> Image.Image:
-    rng = np.random.default_rng(seed)
-    patches = Image.fromarray(rng.integers(0, 256, (6, 8, 3), dtype=np.uint8))
-    pixels = np.asarray(patches.resize((width, height), Image.Resampling.BILINEAR), np.int16)
-    noisy = pixels + rng.integers(-10, 11, pixels.shape)
-    return Image.fromarray(np.clip(noisy, 0, 255).astype(np.uint8))
-
-
 async def drive(
     localizer: YoloWorldLocalizer, images: list[Image.Image], requests: int, concurrency: int
 ) -> tuple[float, list[float]]:
     """Closed loop: `concurrency` clients share `requests`; returns (wall seconds, latencies)."""
-    latencies: list[float] = []
-    next_request = 0
 
-    async def client() -> None:
-        nonlocal next_request
-        while next_request < requests:
-            i = next_request
-            next_request += 1
-            started = time.perf_counter()
-            await localizer.localize([images[i % len(images)]], [QUESTIONS[i % len(QUESTIONS)]])
-            latencies.append(time.perf_counter() - started)
+    async def call(i: int) -> float:
+        started = time.perf_counter()
+        await localizer.localize([images[i % len(images)]], [QUESTIONS[i % len(QUESTIONS)]])
+        return time.perf_counter() - started
 
-    started = time.perf_counter()
-    await asyncio.gather(*(client() for _ in range(concurrency)))
-    return time.perf_counter() - started, latencies
+    latencies, wall = await closed_loop(requests, concurrency, call)
+    return wall, latencies
 
 
 def batch_counts(registry: CollectorRegistry) -> tuple[float, float]:
@@ -88,11 +74,6 @@ def batch_counts(registry: CollectorRegistry) -> tuple[float, float]:
         value("crop_localizer_batch_size_count") or 0.0,
         value("crop_localizer_batch_size_sum") or 0.0,
     )
-
-
-def percentile(values: list[float], q: float) -> float:
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))]
 
 
 def stage_times(detector: YoloWorldDetector, vocabulary, image: Image.Image) -> str:
@@ -145,7 +126,7 @@ async def measure(
         max_wait_ms,
         requests / wall,
         1000 * statistics.median(latencies),
-        1000 * percentile(latencies, 0.99),
+        1000 * percentile(latencies, 99),
         (after[1] - before[1]) / max(after[0] - before[0], 1.0),
     )
 
@@ -155,7 +136,7 @@ async def bench_model(size: str, args: argparse.Namespace, deadline: float) -> l
     model = random_world_model(f"{name}.yaml", calibration_batches=2)
     detector = YoloWorldDetector(model, imgsz=args.imgsz, device=args.device, half=args.half)
     vocabulary = fake_vocabulary(OBJECT_NAMES)
-    images = [photo_like(seed) for seed in range(8)]
+    images = [picture(seed, 640, 480, noise=12) for seed in range(8)]
     print(f"{name}: {stage_times(detector, vocabulary, images[0])}", flush=True)
     # One client alone first: the service time without queueing; then the concurrent grid.
     settings = [(1, 0.0, 1)] + [

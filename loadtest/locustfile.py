@@ -37,6 +37,7 @@ from locust.env import Environment
 from locust.runners import WorkerRunner
 
 from crop_vllm.testing.photos import photo_jpeg
+from server.sse import chunks
 
 logger = logging.getLogger("crop.locust")
 
@@ -307,13 +308,7 @@ class CropChatUser(HttpUser):
     def _read_stream(response: Any, started: float) -> tuple[dict | None, float | None]:
         """Reads the SSE stream; returns the final usage and the time to the first token."""
         usage, ttft = None, None
-        for line in response.iter_lines():
-            if not line or not line.startswith(b"data: "):
-                continue
-            payload = line[len(b"data: ") :]
-            if payload == b"[DONE]":
-                break
-            chunk = json.loads(payload)
+        for chunk in chunks(response.iter_lines()):
             if "error" in chunk:
                 raise ValueError(f"error event: {chunk['error']}")
             if ttft is None and any(c["delta"].get("content") for c in chunk["choices"]):

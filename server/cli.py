@@ -30,7 +30,9 @@ from server.protocol import REQUEST_MODES
 
 logger = logging.getLogger("server.cli")
 
-#: Engine settings that let the demo checkpoints run on a CPU-only machine (float32, eager).
+#: Engine settings of the tiny random-weight demo checkpoints, for CPU-only machines: float32,
+#: and eager because it starts faster and a model that exists to exercise the path gains
+#: nothing from compilation. A real `--model` runs with vLLM's defaults (compiled).
 DEMO_ENGINE_ARGS = {"dtype": "float32", "enforce_eager": True, "max_model_len": 2048}
 
 

@@ -79,6 +79,10 @@ _SETTING_TYPES: dict[str, dict[str, Any]] = {
 }
 
 
+def _crop_flag(name: str) -> str:
+    return "--crop-" + name.replace("_", "-")
+
+
 def crop_setting_flags(group: argparse._ArgumentGroup) -> None:
     """`--crop-<name>` for every CROP server setting, with the plugin's default and help."""
     for spec in setting_fields():
@@ -86,7 +90,7 @@ def crop_setting_flags(group: argparse._ArgumentGroup) -> None:
             raise TypeError(f"no command-line form for {spec.key} of type {spec.type}")
         default = spec.default.value if isinstance(spec.default, CropMode) else spec.default
         group.add_argument(
-            "--crop-" + spec.name.replace("_", "-"),
+            _crop_flag(spec.name),
             dest=spec.key,
             default=default,
             help=f"{spec.help} (the engine's `{spec.key}`)",
@@ -96,3 +100,13 @@ def crop_setting_flags(group: argparse._ArgumentGroup) -> None:
 
 def crop_settings(args: argparse.Namespace) -> CropSettings:
     return CropSettings(**{spec.name: getattr(args, spec.key) for spec in setting_fields()})
+
+
+def crop_setting_args(settings: CropSettings) -> list[str]:
+    """The `--crop-<name>=<value>` arguments that give a gateway `settings`."""
+    args = []
+    for spec in setting_fields():
+        value = getattr(settings, spec.name)
+        text = value.value if isinstance(value, CropMode) else str(value).lower()
+        args.append(f"{_crop_flag(spec.name)}={text}")
+    return args

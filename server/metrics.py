@@ -15,6 +15,7 @@ from server.protocol import CropUsage
 
 _LATENCY_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0)
 _OVERHEAD_BUCKETS = (0.0005, 0.001, 0.002, 0.003, 0.005, 0.0075, 0.01, 0.02, 0.05, 0.1, 0.5)
+_FRACTION_BUCKETS = (0.0, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 1.0)
 
 
 class GatewayMetrics:
@@ -50,6 +51,22 @@ class GatewayMetrics:
         )
         self.completion_tokens = Counter(
             "crop_completion_tokens", "Tokens the engine generated.", registry=r
+        )
+        self.kv_bytes = Counter(
+            "crop_kv_bytes",
+            "KV-cache bytes served chat requests held at their end: with_saving (what the engine "
+            "held: with ILP's KV saving, layers >= K hold only the kept tokens) and "
+            "without_saving (every layer holds every token). Requests whose KV dtype is packed, "
+            "or whose engine does not say its block size, are not counted.",
+            ["allocation"],
+            registry=r,
+        )
+        self.kv_saved_fraction = Histogram(
+            "crop_kv_saved_fraction",
+            "Per served chat request with images: the share of its KV cache that ILP's KV "
+            "saving freed (1 - with_saving / without_saving layer-blocks; 0 without ILP).",
+            buckets=_FRACTION_BUCKETS,
+            registry=r,
         )
         self.images = Counter(
             "crop_images",
@@ -126,7 +143,8 @@ class GatewayMetrics:
     def record_served(
         self, crop: CropUsage, mode: CropMode, prompt_tokens: int, completion_tokens: int
     ) -> None:
-        """Count a chat request the engine finished: its tokens, CROP's savings, its images."""
+        """Count a chat request the engine finished: its tokens, CROP's savings (visual tokens,
+        KV cache), its images."""
         self.prompt_tokens.inc(prompt_tokens)
         self.completion_tokens.inc(completion_tokens)
         self.visual_tokens.labels("full").inc(crop.visual_tokens_full)
@@ -135,6 +153,12 @@ class GatewayMetrics:
         self.visual_tokens_saved.inc(crop.visual_tokens_full - crop.visual_tokens_after_ilp)
         for image in crop.images:
             self.images.labels(image.region_source or "none").inc()
+        kv = crop.kv
+        if kv is not None and kv.bytes_with_saving is not None:
+            self.kv_bytes.labels("with_saving").inc(kv.bytes_with_saving)
+            self.kv_bytes.labels("without_saving").inc(kv.bytes_without_saving or 0)
+        if kv is not None and crop.images:
+            self.kv_saved_fraction.observe(kv.saved_fraction)
         if crop.images and mode is not CropMode.OFF:
             self.localization_seconds.observe(crop.localizer_seconds)
             self.localization_batch.observe(

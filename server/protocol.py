@@ -125,6 +125,36 @@ class CropImageUsage(BaseModel):
     visual_tokens_after_ilp: int
 
 
+class CropKvUsage(BaseModel):
+    """The KV cache one request held at its end, with and without ILP's KV saving.
+
+    A layer-block is one decoder layer's KV for `block_size` tokens. Without the saving every
+    layer holds every token: L * ceil(T / block_size) for T tokens and L layers. With it (ILP
+    modes, `crop_ilp_compact_kv`), layers from K on hold only the tokens ILP keeps:
+    K * ceil(T / block_size) + (L - K) * ceil((T - D) / block_size) for D dropped tokens.
+    """
+
+    block_size: int = Field(description="Tokens per KV-cache block of the engine that served.")
+    dtype: str | None = Field(description="The KV elements' dtype (null: unknown).")
+    tokens: int = Field(description="Tokens the request held: prompt and completion.")
+    dropped_tokens: int = Field(
+        description="Tokens whose KV the layers from K on do not hold (0 without the saving)."
+    )
+    layer_blocks_without_saving: int
+    layer_blocks_with_saving: int = Field(
+        description="What the engine held; equal to layer_blocks_without_saving when the "
+        "saving does not apply (no ILP, or crop_ilp_compact_kv off)."
+    )
+    bytes_without_saving: int | None = Field(
+        description="layer_blocks_without_saving * block_size * 2 * KV heads * head size * "
+        "bytes per element; null for packed KV dtypes (4-bit, per-token scales)."
+    )
+    bytes_with_saving: int | None
+    saved_fraction: float = Field(
+        description="1 - layer_blocks_with_saving / layer_blocks_without_saving."
+    )
+
+
 class CropUsage(BaseModel):
     """Visual-token accounting of one request (all images together)."""
 
@@ -144,6 +174,11 @@ class CropUsage(BaseModel):
     )
     localizer_seconds: float = Field(description="Wall time of the localization stage.")
     images: list[CropImageUsage]
+    kv: CropKvUsage | None = Field(
+        None,
+        description="The KV cache the request held; null where the engine does not say its "
+        "block size (a `vllm serve` backend without its `vllm:cache_config_info` metric).",
+    )
 
 
 class Usage(UsageInfo):

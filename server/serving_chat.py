@@ -20,6 +20,7 @@ from server.engines import EngineError, Response
 from server.errors import APIError, error_body
 from server.gateway import Gateway
 from server.pipeline import Prepared
+from server.protocol import CropUsage
 from server.request_state import RequestState
 
 logger = logging.getLogger(__name__)
@@ -84,7 +85,7 @@ class ChatCompletionResponder:
 
     def _served(self, usage: dict[str, Any]) -> None:
         """Add `usage.crop`; the request counts as served from here on."""
-        crop = self.prepared.crop_usage
+        crop = self._with_kv(self.prepared.crop_usage, usage)
         metrics = self.gw.metrics
         metrics.record_served(
             crop,
@@ -104,6 +105,17 @@ class ChatCompletionResponder:
                 crop.visual_tokens_after_plc,
             )
         usage["crop"] = crop.model_dump()
+
+    def _with_kv(self, crop: CropUsage, usage: dict[str, Any]) -> CropUsage:
+        """`crop` with the KV cache the request held: its prompt and completion tokens, in
+        the blocks of the engine that served it (unchanged when that engine did not say)."""
+        kv_cache = self.prepared.engine_request.served_by.kv_cache
+        if kv_cache is None:
+            return crop
+        tokens = (usage.get("prompt_tokens") or 0) + (usage.get("completion_tokens") or 0)
+        dropped = crop.visual_tokens_after_plc - crop.visual_tokens_after_ilp
+        kv = self.gw.pipeline.geometry.kv_usage(tokens, dropped, kv_cache)
+        return crop.model_copy(update={"kv": kv})
 
 
 async def timed(answers: AsyncIterator[Response], state: RequestState) -> AsyncIterator[Response]:

@@ -9,13 +9,22 @@ from __future__ import annotations
 
 import os
 import subprocess
-import sys
 from dataclasses import dataclass
+from pathlib import Path
 
 import pytest
 
-from crop_vllm.testing.servers import free_port, wait_until_healthy
+from crop_vllm.demo import serve_command
+from crop_vllm.options import CropSettings
+from crop_vllm.testing.servers import free_port, start_server, stop_server, wait_until_healthy
 from tests.engine_support import CROP_ARCH, make_llm, shutdown
+
+#: The CROP settings of the session's serving engines (`vllm serve` here, the gateways'
+#: embedded one): ILP allowed, so one engine serves every mode; a gateway may allow less.
+SERVING_SETTINGS = CropSettings(enable_ilp=True)
+#: Their KV block size: vLLM's CPU default (128 tokens) would round the KV that ILP frees on
+#: these short prompts away; 32 is the smallest the CPU attention backend takes.
+SERVING_BLOCK_SIZE = 32
 
 
 @pytest.fixture(scope="session")
@@ -50,30 +59,25 @@ class Server:
 
 @pytest.fixture(scope="session")
 def vllm_serve(tiny_checkpoint, tmp_path_factory):
-    """`vllm serve` with the CROP plugin on the tiny LLaVA, via `python -m crop_vllm.demo`."""
+    """`vllm serve` with the CROP plugin on the tiny LLaVA (`SERVING_SETTINGS`)."""
     model = str(tiny_checkpoint("llava"))
     port = free_port()
     log = tmp_path_factory.mktemp("vllm-serve") / "server.log"
-    env = {**os.environ, "VLLM_CPU_KVCACHE_SPACE": "1"}
-    command = [sys.executable, "-m", "crop_vllm.demo", "--model", model, "--port", str(port)]
-    command += [
-        "--dtype",
-        "float32",
-        "--max-num-seqs",
-        "4",
-        "--limit-mm-per-prompt",
-        '{"image": 2}',
+    env = {**os.environ, "VLLM_CPU_KVCACHE_SPACE": "1", "VLLM_CPU_OMP_THREADS_BIND": "nobind"}
+    extra = [
+        "--dtype", "float32",
+        "--enforce-eager",  # starts faster; compiled CROP is tested on the plugin's engines
+        "--max-model-len", "2048",
+        "--max-num-seqs", "4",
+        "--block-size", str(SERVING_BLOCK_SIZE),
+        "--limit-mm-per-prompt", '{"image": 2}',
         "--enable-prompt-tokens-details",  # the gateway checks its image tokens per response
-    ]
-    with log.open("w") as out:
-        process = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT, env=env)
+    ]  # fmt: skip
+    command = serve_command(Path(model), "127.0.0.1", port, extra, SERVING_SETTINGS)
+    process = start_server(command, log, env)
     url = f"http://127.0.0.1:{port}"
     try:
         wait_until_healthy(url, process, log, timeout=600)
         yield Server(url, model, process)
     finally:
-        process.terminate()
-        try:
-            process.wait(timeout=60)
-        except subprocess.TimeoutExpired:
-            process.kill()
+        stop_server(process)

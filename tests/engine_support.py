@@ -5,7 +5,6 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-import numpy as np
 from PIL import Image
 
 from crop_vllm.families import FAMILIES, family_of_architecture
@@ -25,21 +24,6 @@ LOGPROB_TOLERANCE = 2e-3
 QUARTER = Region(0.0, 0.0, 0.5, 0.5)
 BORDER = Region(0.8, 0.0, 1.0, 0.3)
 ONE_CELL = Region(0.41, 0.41, 0.42, 0.42)
-
-
-def test_image(seed: int, size: tuple[int, int] = (224, 160)) -> Image.Image:
-    """A deterministic image with structure (gradients + blocks), `size` = (width, height)."""
-    width, height = size
-    rng = np.random.default_rng(seed)
-    y, x = np.mgrid[0:height, 0:width]
-    base = np.stack([x * 255 / width, y * 255 / height, (x + y) * 127 / (width + height)], -1)
-    for _ in range(4):
-        x0, y0 = rng.integers(0, width - 16), rng.integers(0, height - 16)
-        base[y0 : y0 + rng.integers(8, 48), x0 : x0 + rng.integers(8, 48)] = rng.integers(0, 255, 3)
-    return Image.fromarray(base.clip(0, 255).astype(np.uint8))
-
-
-test_image.__test__ = False  # a helper, not a test
 
 
 def make_llm(checkpoint: Path, architecture: str, **overrides):

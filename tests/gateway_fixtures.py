@@ -23,21 +23,21 @@ from typing import Any, ClassVar, TypeVar
 from urllib.parse import parse_qs, urlsplit
 
 import httpx
-import numpy as np
 import openai
 import pytest
 import uvicorn
 from PIL import Image
 from prometheus_client.parser import text_string_to_metric_families
 
+from crop_vllm.testing.photos import noise, picture
 from crop_vllm.testing.servers import free_port
 from server.accounting import ModelGeometry
 from server.app import build_engine, create_app
-from server.config import GatewayConfig, Limits
+from server.config import CropDefaults, GatewayConfig, Limits
 from server.engines import Engine
 from server.engines.embedded import EmbeddedEngine
 from server.images import ImageLimits, parse_networks
-from tests.engine_support import test_image
+from tests.engine_fixtures import SERVING_BLOCK_SIZE, SERVING_SETTINGS
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")
@@ -48,15 +48,16 @@ MODEL_NAME = "tiny-llava"
 API_KEY = "test-key"
 AUTH = {"Authorization": f"Bearer {API_KEY}"}
 QUARTER = [0.0, 0.0, 0.5, 0.5]
-#: The size of `test_image`'s images.
+#: The size of `picture`'s images.
 IMAGE_SIZE = (224, 160)
 MAX_IMAGE_BYTES = 200_000
 MAX_IMAGE_PIXELS = 600 * 600
 ENGINE_ARGS = {
     "dtype": "float32",
-    "enforce_eager": True,
+    "enforce_eager": True,  # starts faster; compiled CROP is tested on the plugin's engines
     "max_model_len": 2048,
     "max_num_seqs": 8,
+    "block_size": SERVING_BLOCK_SIZE,
     "seed": 0,
 }
 
@@ -65,12 +66,6 @@ def png_bytes(image: Image.Image) -> bytes:
     buffer = io.BytesIO()
     image.save(buffer, format="PNG")
     return buffer.getvalue()
-
-
-def noise_image(width: int, height: int) -> Image.Image:
-    """Random pixels: PNG cannot compress them, so the file is about 3 bytes per pixel."""
-    rng = np.random.default_rng(0)
-    return Image.fromarray(rng.integers(0, 256, (height, width, 3), dtype=np.uint8))
 
 
 def data_url(image: Image.Image) -> str:
@@ -245,9 +240,11 @@ def gateway_model(tiny_checkpoint) -> str:
 
 @pytest.fixture(scope="session")
 def embedded_engine(server_loop, gateway_model) -> Iterator[EmbeddedEngine]:
-    """The session's one in-process vLLM engine: the tiny LLaVA under its CROP architecture,
-    built as `crop-server` builds it."""
-    config = gateway_config(gateway_model, engine_args=ENGINE_ARGS)
+    """The session's one in-process vLLM engine: the tiny LLaVA under its CROP architecture
+    with `SERVING_SETTINGS`, built as `crop-server` builds it."""
+    config = gateway_config(
+        gateway_model, engine_args=ENGINE_ARGS, crop=CropDefaults(SERVING_SETTINGS)
+    )
     geometry = ModelGeometry.load(config.model, config.crop.settings)
     engine = build_engine(config, geometry)
     assert isinstance(engine, EmbeddedEngine)
@@ -297,11 +294,13 @@ def start_gateway(server_loop, gateway_model, embedded_engine) -> Iterator[Calla
 @pytest.fixture(scope="session")
 def start_remote_gateway(server_loop, vllm_serve) -> Iterator[Callable[..., LiveGateway]]:
     """`start_remote_gateway(backend_urls, **config_changes) -> LiveGateway`: the remote engine
-    in front of these backends (probed every 0.3 s), stopped at the end of the session."""
+    in front of these backends (probed every 0.3 s) with `vllm_serve`'s CROP settings, stopped
+    at the end of the session."""
     started: list[LiveGateway] = []
 
     def start(urls: list[str], **changes: Any) -> LiveGateway:
         changes.setdefault("remote_retry_interval_s", 0.3)
+        changes.setdefault("crop", CropDefaults(SERVING_SETTINGS))
         config = gateway_config(vllm_serve.model, engine="remote", remote_urls=tuple(urls))
         started.append(server_loop.serve(create_app(replace(config, **changes))))
         return started[-1]
@@ -396,8 +395,8 @@ class _ImageHandler(BaseHTTPRequestHandler):
 @pytest.fixture(scope="session")
 def image_server() -> Iterator[ImageServer]:
     images = {
-        "small": test_image(1),
-        "big": noise_image(300, 300),  # a PNG larger than MAX_IMAGE_BYTES
+        "small": picture(1),
+        "big": noise(0, 300, 300),  # a PNG larger than MAX_IMAGE_BYTES
         "huge": Image.new("RGB", (700, 700), (10, 20, 30)),  # more pixels than allowed
     }
 

@@ -11,7 +11,6 @@ import os
 import tempfile
 from pathlib import Path
 
-import numpy as np
 import pytest
 from PIL import Image
 from prometheus_client import CollectorRegistry
@@ -27,6 +26,7 @@ from crop_localizer.testing import fake_vocabulary, random_world_model
 from crop_localizer.text_embeddings import VocabularyEmbeddings
 from crop_localizer.vocabulary import OBJECT_NAMES
 from crop_localizer.yolo_world import YoloWorldLocalizer
+from crop_vllm.testing.photos import picture
 
 # The smallest YOLO-World v2 at a small input keeps the whole suite to seconds on 2 cores.
 TEST_MODEL_YAML = "yolov8n-worldv2.yaml"
@@ -34,13 +34,8 @@ TEST_IMGSZ = 320
 
 
 def scene(seed: int, width: int = 320, height: int = 240) -> Image.Image:
-    """A deterministic photo-like RGB image: flat colour patches of random size, mild noise."""
-    rng = np.random.default_rng(seed)
-    rows, cols = rng.integers(3, 10, size=2)
-    patches = Image.fromarray(rng.integers(0, 256, (rows, cols, 3), dtype=np.uint8))
-    pixels = np.asarray(patches.resize((width, height), Image.Resampling.NEAREST), np.int16)
-    noisy = pixels + rng.integers(-12, 13, pixels.shape)
-    return Image.fromarray(np.clip(noisy, 0, 255).astype(np.uint8))
+    """A photo-like picture at the localizer tests' default size."""
+    return picture(seed, width, height, noise=12)
 
 
 @pytest.fixture(scope="session")

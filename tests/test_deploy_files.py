@@ -369,6 +369,8 @@ def test_dashboard_promql_parses(tmp_path):
         "crop_localizer_batch_size_bucket",  # localizer batch size
         "crop_localization_seconds_bucket",  # localizer latency
         "vllm:kv_cache_usage_perc",  # KV-cache usage
+        "crop_kv_bytes_total",  # KV bytes with and without ILP's saving
+        "crop_kv_saved_fraction_bucket",  # KV saved per request
         'status=~"[45].."',  # errors
     ],
 )

@@ -28,8 +28,11 @@ import torch
 import yaml
 
 from crop_localizer import LocalizerConfig
+from crop_vllm.testing.servers import free_port, start_server, stop_server, wait_until_healthy
 from server.app import create_app
-from tests.gateway_fixtures import API_KEY, free_port, gateway_config
+from server.config import CropDefaults
+from tests.engine_fixtures import SERVING_SETTINGS
+from tests.gateway_fixtures import API_KEY, gateway_config
 from tests.localizer_fixtures import TEST_IMGSZ
 
 pytestmark = pytest.mark.engine
@@ -59,6 +62,7 @@ def gateway(server_loop, vllm_serve, world_model, vocabulary, tmp_path_factory):
         vllm_serve.model,
         engine="remote",
         remote_urls=(vllm_serve.url,),
+        crop=CropDefaults(SERVING_SETTINGS),
         localizer=LocalizerConfig(
             weights=files / "yolov8n-worldv2.pt",
             vocab_embeddings=files / "vocab.npz",
@@ -112,8 +116,8 @@ def prometheus(gateway, vllm_serve, tmp_path_factory) -> Iterator[Prometheus]:
     )
     (folder / "prometheus.yml").write_text(yaml.safe_dump(config))
     port = free_port()
-    log = (folder / "prometheus.log").open("w")
-    process = subprocess.Popen(
+    log = folder / "prometheus.log"
+    process = start_server(
         [
             binary,
             f"--config.file={folder / 'prometheus.yml'}",
@@ -121,26 +125,14 @@ def prometheus(gateway, vllm_serve, tmp_path_factory) -> Iterator[Prometheus]:
             f"--web.listen-address=127.0.0.1:{port}",
             "--log.level=warn",
         ],
-        stdout=log,
-        stderr=subprocess.STDOUT,
+        log,
     )
     url = f"http://127.0.0.1:{port}"
     try:
-        deadline = time.monotonic() + 60
-        while True:
-            assert process.poll() is None, (folder / "prometheus.log").read_text()
-            try:
-                if httpx.get(f"{url}/-/ready", timeout=2).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            assert time.monotonic() < deadline, "Prometheus did not become ready"
-            time.sleep(0.2)
+        wait_until_healthy(url, process, log, timeout=60, path="/-/ready")
         yield Prometheus(url, time.time())
     finally:
-        process.terminate()
-        process.wait(30)
-        log.close()
+        stop_server(process)
 
 
 @dataclass

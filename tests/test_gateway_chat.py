@@ -5,7 +5,7 @@ from __future__ import annotations
 import httpx
 import pytest
 
-from tests.engine_support import test_image
+from crop_vllm.testing.photos import picture
 from tests.gateway_fixtures import MODEL_NAME, QUARTER, ask, data_url, image_message
 
 pytestmark = pytest.mark.engine
@@ -16,7 +16,7 @@ def saved_by_plc(crop_usage: dict) -> int:
 
 
 def test_chat_with_a_data_url_image_answers_with_usage(gateway, tiny_tokens):
-    message = [image_message([data_url(test_image(10))])]
+    message = [image_message([data_url(picture(10))])]
     response = ask(gateway, message, max_tokens=6, extra_body={"ignore_eos": True})
     choice = response.choices[0]
     assert choice.message.role == "assistant"
@@ -30,7 +30,7 @@ def test_chat_with_a_data_url_image_answers_with_usage(gateway, tiny_tokens):
 
 
 def test_usage_crop_matches_the_engines_prompt_token_savings(gateway, tiny_tokens):
-    message = [image_message([data_url(test_image(11))])]
+    message = [image_message([data_url(picture(11))])]
     off = ask(gateway, message, crop={"mode": "off"})
     pruned = ask(gateway, message, crop={"mode": "plc", "regions": [QUARTER]})
     crop = pruned.usage.crop
@@ -45,9 +45,7 @@ def test_usage_crop_matches_the_engines_prompt_token_savings(gateway, tiny_token
 
 
 def test_client_region_is_reported_with_its_paper_grid_cells(gateway):
-    response = ask(
-        gateway, [image_message([data_url(test_image(12))])], crop={"regions": [QUARTER]}
-    )
+    response = ask(gateway, [image_message([data_url(picture(12))])], crop={"regions": [QUARTER]})
     image = response.usage.crop["images"][0]
     assert image["region"] == QUARTER
     assert image["region_source"] == "client"
@@ -56,7 +54,7 @@ def test_client_region_is_reported_with_its_paper_grid_cells(gateway):
 
 
 def test_without_a_crop_field_auto_mode_prunes_nothing_when_the_localizer_is_none(gateway):
-    response = ask(gateway, [image_message([data_url(test_image(13))])])
+    response = ask(gateway, [image_message([data_url(picture(13))])])
     crop = response.usage.crop
     assert crop["mode"] == "plc"  # what `auto` applies
     assert crop["saved_fraction"] == 0
@@ -65,16 +63,14 @@ def test_without_a_crop_field_auto_mode_prunes_nothing_when_the_localizer_is_non
 
 
 def test_crop_off_skips_the_localizer_and_says_so(gateway):
-    crop = ask(
-        gateway, [image_message([data_url(test_image(14))])], crop={"mode": "off"}
-    ).usage.crop
+    crop = ask(gateway, [image_message([data_url(picture(14))])], crop={"mode": "off"}).usage.crop
     assert crop["mode"] == "off"
     assert crop["images"][0]["reason"] == "crop mode is off for this request"
     assert crop["images"][0]["localizer_seconds"] == 0
 
 
 def test_streaming_sends_the_same_text_and_usage_crop_in_the_usage_chunk(gateway, tiny_tokens):
-    message = [image_message([data_url(test_image(15))])]
+    message = [image_message([data_url(picture(15))])]
     whole = ask(gateway, message, crop={"regions": [QUARTER]})
     stream = ask(
         gateway,
@@ -96,7 +92,7 @@ def test_streaming_sends_the_same_text_and_usage_crop_in_the_usage_chunk(gateway
 
 
 def test_streaming_without_include_usage_sends_no_usage(gateway):
-    stream = ask(gateway, [image_message([data_url(test_image(16))])], stream=True)
+    stream = ask(gateway, [image_message([data_url(picture(16))])], stream=True)
     assert all(chunk.usage is None for chunk in stream)
 
 
@@ -118,7 +114,7 @@ def test_text_only_request_has_no_visual_tokens(gateway):
 
 
 def test_two_images_each_get_their_own_region(gateway, tiny_tokens):
-    images = [data_url(test_image(17)), data_url(test_image(18, (196, 224)))]
+    images = [data_url(picture(17)), data_url(picture(18, 196, 224))]
     off = ask(gateway, [image_message(images)], crop={"mode": "off"})
     pruned = ask(gateway, [image_message(images)], crop={"regions": [QUARTER, None]})
     first, second = pruned.usage.crop["images"]
@@ -134,7 +130,7 @@ def test_two_images_each_get_their_own_region(gateway, tiny_tokens):
 
 
 def test_max_completion_tokens_bounds_the_answer(gateway):
-    response = ask(gateway, [image_message([data_url(test_image(19))])], max_completion_tokens=3)
+    response = ask(gateway, [image_message([data_url(picture(19))])], max_completion_tokens=3)
     assert response.usage.completion_tokens == 3
     assert response.choices[0].finish_reason == "length"
 

@@ -11,7 +11,7 @@ from crop_vllm.layout import CropMode
 from crop_vllm.options import CropSettings, setting_fields
 from server.cli import build_parser, config_from_args
 from server.config import Limits
-from server.flags import crop_settings
+from server.flags import crop_setting_args, crop_settings
 from server.images import ImageLimits
 
 
@@ -122,3 +122,16 @@ def test_remote_engine_settings_come_from_their_flags():
         ("http://a:1",),
         2.0,
     )
+
+
+def test_the_flags_of_a_settings_object_give_a_gateway_exactly_those_settings():
+    settings = CropSettings(
+        inside_stride=2,
+        outside_stride=8,
+        drop_outside=True,
+        ilp_layer=3,
+        enable_ilp=True,
+        ilp_compact_kv=False,
+        default_mode=CropMode.PLC_ILP,
+    )
+    assert config(*crop_setting_args(settings)).crop.settings == settings

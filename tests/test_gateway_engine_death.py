@@ -14,7 +14,7 @@ import httpx
 import psutil
 import pytest
 
-from crop_vllm.testing.servers import free_port, wait_until_healthy
+from crop_vllm.testing.servers import free_port, start_server, stop_server, wait_until_healthy
 from tests.gateway_fixtures import MODEL_NAME, chat_body
 
 pytestmark = pytest.mark.engine
@@ -40,9 +40,7 @@ def test_when_the_engine_dies_requests_get_503_and_the_gateway_exits_non_zero(
         "--port", str(port), "--log-level", "warning",
         "--engine-arg", "dtype=float32", "--engine-arg", "max_model_len=2048",
     ]  # fmt: skip
-    env = {**os.environ, "VLLM_CPU_KVCACHE_SPACE": "1"}
-    with log.open("w") as out:
-        gateway = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT, env=env)
+    gateway = start_server(command, log, {**os.environ, "VLLM_CPU_KVCACHE_SPACE": "1"})
     try:
         wait_until_healthy(url, gateway, log, timeout=600)
         in_flight: list[httpx.Response] = []
@@ -66,5 +64,4 @@ def test_when_the_engine_dies_requests_get_503_and_the_gateway_exits_non_zero(
         assert gateway.wait(EXIT_BOUND_S) != 0
     finally:
         if gateway.poll() is None:
-            gateway.kill()
-            gateway.wait()
+            stop_server(gateway)

@@ -11,7 +11,7 @@ from typing import Any
 import httpx
 import pytest
 
-from tests.engine_support import test_image
+from crop_vllm.testing.photos import picture
 from tests.gateway_fixtures import (
     API_KEY,
     MODEL_NAME,
@@ -23,7 +23,7 @@ from tests.gateway_fixtures import (
 
 pytestmark = pytest.mark.engine
 
-SMALL = data_url(test_image(30))
+SMALL = data_url(picture(30))
 FIRST_IMAGE = "messages.0.content.0.image_url.url"
 
 

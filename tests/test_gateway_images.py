@@ -85,9 +85,9 @@ async def load_error(image_loader: ImageLoader, url: str) -> ImageError:
 
 
 async def test_data_url_decodes_to_the_same_pixels(loader):
-    from tests.engine_support import test_image
+    from crop_vllm.testing.photos import picture
 
-    image = test_image(40)
+    image = picture(40)
     loaded = await loader().load(data_url(image))
     assert loaded.size == image.size
     assert loaded.pixels().tobytes() == image.tobytes()

@@ -6,8 +6,8 @@ import openai
 import pytest
 
 from crop_vllm.options import CropSettings
+from crop_vllm.testing.photos import picture
 from server.config import CropDefaults
-from tests.engine_support import test_image
 from tests.gateway_fixtures import (
     API_KEY,
     MODEL_NAME,
@@ -32,7 +32,7 @@ def test_a_pruned_request_and_a_refused_one_move_the_counters_exactly(gateway, c
     before = scrape(gateway)
     response = client.chat.completions.create(
         model=MODEL_NAME,
-        messages=[image_message([data_url(test_image(50))])],
+        messages=[image_message([data_url(picture(50))])],
         max_tokens=4,
         temperature=0,
         extra_body={"crop": {"regions": [QUARTER]}},
@@ -66,7 +66,7 @@ def test_a_streamed_request_without_crop_counts_its_full_visual_tokens(
     before = scrape(gateway)
     stream = client.chat.completions.create(
         model=MODEL_NAME,
-        messages=[image_message([data_url(test_image(51))])],
+        messages=[image_message([data_url(picture(51))])],
         max_tokens=3,
         stream=True,
         extra_body={"crop": {"mode": "off"}},
@@ -98,7 +98,7 @@ def test_an_engine_whose_image_tokens_differ_from_the_gateways_count_is_counted(
     client = openai.OpenAI(base_url=live.api, api_key=API_KEY, max_retries=0, timeout=120)
     client.chat.completions.create(
         model=MODEL_NAME,
-        messages=[image_message([data_url(test_image(52))])],
+        messages=[image_message([data_url(picture(52))])],
         max_tokens=1,
         extra_body={"crop": {"regions": [QUARTER]}},
     )

@@ -17,9 +17,9 @@ from PIL import Image
 
 from crop_localizer import LocalizationResult, RegionSource
 from crop_vllm.layout import Region, snap_to_grid
+from crop_vllm.testing.photos import picture
 from server.config import Limits
 from server.middleware import RequestIdFilter
-from tests.engine_support import test_image
 from tests.gateway_fixtures import (
     API_KEY,
     AUTH,
@@ -186,7 +186,7 @@ class CornerLocalizer:
 def test_the_localizer_fills_in_regions_and_a_client_region_wins(start_gateway, tiny_tokens):
     localizer = CornerLocalizer()
     live = start_gateway(localizer=localizer)
-    images = [data_url(test_image(60)), data_url(test_image(61))]
+    images = [data_url(picture(60)), data_url(picture(61))]
     message = image_message(images, "Where is the red car?")
     with httpx.Client(base_url=live.url, headers=AUTH, timeout=60) as http:
         off = http.post(
@@ -212,20 +212,20 @@ def preview(http, image_url: str, **fields) -> httpx.Response:
 
 
 def test_preview_draws_the_region_and_reports_the_kept_tokens(http, tiny_tokens):
-    response = preview(http, data_url(test_image(62)), crop={"regions": [QUARTER]})
+    response = preview(http, data_url(picture(62)), crop={"regions": [QUARTER]})
     assert response.status_code == 200
     assert response.headers["content-type"] == "image/png"
     assert response.headers["x-crop-visual-tokens-full"] == str(tiny_tokens.full)
     assert response.headers["x-crop-visual-tokens-kept"] == str(tiny_tokens.quarter_plc)
     assert response.headers["x-crop-region-source"] == "client"
-    picture = Image.open(io.BytesIO(response.content)).convert("RGB")
-    assert picture.size == (448, 320)  # 224x160 scaled up for visible outlines
-    red, green, blue = picture.getpixel((223, 100))  # the region's right edge
+    drawn = Image.open(io.BytesIO(response.content)).convert("RGB")
+    assert drawn.size == (448, 320)  # 224x160 scaled up for visible outlines
+    red, green, blue = drawn.getpixel((223, 100))  # the region's right edge
     assert red > 200 and green < 60 and blue < 60
 
 
 def test_preview_without_pruning_keeps_every_token(http, tiny_tokens):
-    response = preview(http, data_url(test_image(63)), crop={"mode": "off"})
+    response = preview(http, data_url(picture(63)), crop={"mode": "off"})
     assert response.headers["x-crop-visual-tokens-kept"] == str(tiny_tokens.full)
     assert response.headers["x-crop-region"] == "null"
 

@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 
-from tests.engine_support import test_image
+from crop_vllm.testing.photos import picture
 from tests.gateway_fixtures import LiveGateway, ask, data_url, image_message
 
 pytestmark = pytest.mark.engine
@@ -165,7 +165,7 @@ def json_response_format(live: LiveGateway, tokens: Tokens) -> None:
 
 
 def with_an_image(live: LiveGateway, tokens: Tokens) -> None:
-    messages = [image_message([data_url(test_image(90))])]
+    messages = [image_message([data_url(picture(90))])]
     response = answer(live, messages=messages, max_tokens=4, ignore_eos=True, top_k=1)
     assert response.usage.completion_tokens == 4
     assert response.usage.crop["visual_tokens_full"] > 0

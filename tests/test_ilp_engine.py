@@ -15,6 +15,7 @@ import pytest
 
 from crop_vllm.layout import FULL_IMAGE, CropMode, Region
 from crop_vllm.options import CropSettings, ImagePlan
+from crop_vllm.testing.photos import picture
 from tests.engine_support import (
     BORDER,
     CROP_ARCH,
@@ -28,7 +29,6 @@ from tests.engine_support import (
     make_prompt,
     request,
     shutdown,
-    test_image,
 )
 from tests.reference_ilp import ReferenceILP
 
@@ -106,7 +106,7 @@ def ilp_engine(case, tiny_checkpoint, crop_engine):
 
 @pytest.fixture(scope="module")
 def images():
-    return [test_image(0), test_image(1, (196, 224)), test_image(2, (224, 224))]
+    return [picture(0), picture(1, 196, 224), picture(2, 224, 224)]
 
 
 def plan(mode: str, region: Region | None) -> ImagePlan | None:

@@ -20,6 +20,7 @@ from crop_vllm.geometry import llava_grids
 from crop_vllm.ilp.plan import image_keep_mask
 from crop_vllm.layout import CropMode
 from crop_vllm.options import CropSettings, ImagePlan
+from crop_vllm.testing.photos import picture
 from tests.engine_support import (
     BORDER,
     CROP_ARCH,
@@ -29,7 +30,6 @@ from tests.engine_support import (
     make_llm,
     request,
     shutdown,
-    test_image,
 )
 from tests.reference_ilp import ReferenceILP
 
@@ -92,7 +92,7 @@ def run(llm, requests: list[dict], max_tokens: int = MAX_TOKENS, on_step=None) -
 
 @pytest.fixture(scope="module")
 def images():
-    return [test_image(0), test_image(1, (196, 224))]
+    return [picture(0), picture(1, 196, 224)]
 
 
 @pytest.fixture(scope="module")

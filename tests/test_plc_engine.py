@@ -7,6 +7,7 @@ import pytest
 from crop_vllm.families import MODEL_TYPES, family
 from crop_vllm.layout import FULL_IMAGE, CropMode, PLCSettings, Region
 from crop_vllm.options import CropSettings
+from crop_vllm.testing.photos import picture
 from server.accounting import ModelGeometry
 from tests.engine_support import (
     BORDER,
@@ -19,7 +20,6 @@ from tests.engine_support import (
     make_llm,
     request,
     shutdown,
-    test_image,
 )
 from tests.reference_plc import ReferencePLC
 
@@ -41,7 +41,7 @@ def arch(request):
 
 @pytest.fixture(scope="module")
 def images():
-    return [test_image(0), test_image(1, (196, 224)), test_image(2, (224, 224))]
+    return [picture(0), picture(1, 196, 224), picture(2, 224, 224)]
 
 
 def test_crop_off_matches_stock_vllm(arch, tiny_checkpoint, crop_engine, images):

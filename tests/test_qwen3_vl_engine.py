@@ -13,6 +13,7 @@ import pytest
 
 from crop_vllm.layout import CropMode
 from crop_vllm.options import CropSettings, ImagePlan
+from crop_vllm.testing.photos import picture
 from tests.engine_support import (
     BORDER,
     CROP_ARCH,
@@ -26,7 +27,6 @@ from tests.engine_support import (
     make_prompt,
     request,
     shutdown,
-    test_image,
 )
 from tests.reference_ilp import ReferenceILP
 
@@ -43,7 +43,7 @@ CASES = {
 
 @pytest.fixture(scope="module")
 def images():
-    return [test_image(0), test_image(1, (196, 224))]
+    return [picture(0), picture(1, 196, 224)]
 
 
 @pytest.mark.engine

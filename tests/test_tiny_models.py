@@ -13,16 +13,15 @@ import pytest
 import torch
 from safetensors import safe_open
 
+from crop_vllm.testing.photos import picture
 from crop_vllm.testing.tiny_models import (
     ARCHES,
     MARKER_FILE,
     QWEN_FAMILIES,
     build_tiny_model,
-    chat_messages,
     load_transformers_model,
     model_spec,
     suppressed_token_ids,
-    synthetic_image,
 )
 
 # Hub key layout: llava-hf checkpoints and Qwen/Qwen2.5-VL-*.
@@ -163,7 +162,8 @@ def test_text_round_trips(loaded):
 
 def test_chat_template_renders_image_parts(arch, loaded):
     processor = loaded[0]
-    messages = chat_messages("What is shown?")
+    content = [{"type": "image"}, {"type": "text", "text": "What is shown?"}]
+    messages = [{"role": "user", "content": content}]
     url_messages = [
         {
             "role": "user",
@@ -232,7 +232,7 @@ def chat_inputs(arch: str, processor, image) -> dict:
 def test_generates_from_an_image_and_a_question(arch, loaded):
     processor, model, _ = loaded
     tokenizer = tokenizer_of(processor)
-    inputs = chat_inputs(arch, processor, synthetic_image(224, 224, seed=0))
+    inputs = chat_inputs(arch, processor, picture(0, 224, 224))
     prompt = inputs["input_ids"][0]
     assert int((prompt == model.config.image_token_id).sum()) == TOKENS_224[arch]
     if arch in ("llava", "llava_next"):  # exactly one BOS, written by the chat template
@@ -256,7 +256,7 @@ def test_generates_from_an_image_and_a_question(arch, loaded):
     assert text.isprintable() and "\ufffd" not in text
 
     # The image matters: another image changes the continuation.
-    other = chat_inputs(arch, processor, synthetic_image(224, 224, seed=7))
+    other = chat_inputs(arch, processor, picture(7, 224, 224))
     with torch.no_grad():
         other_tokens = model.generate(**other, do_sample=False, max_new_tokens=16)
     assert other_tokens[0, -16:].tolist() != tokens
@@ -264,7 +264,7 @@ def test_generates_from_an_image_and_a_question(arch, loaded):
 
 def test_larger_image_gives_more_qwen_tokens(tiny_checkpoint):
     processor = _loaded(str(tiny_checkpoint("qwen2_5_vl")), "qwen2_5_vl")[0]
-    out = processor.image_processor(images=[synthetic_image(448, 448)], return_tensors="pt")
+    out = processor.image_processor(images=[picture(0, 448, 448)], return_tensors="pt")
     assert out["image_grid_thw"].tolist() == [[1, 32, 32]]  # 16x16 merged tokens
 
 

@@ -8,7 +8,7 @@ import io
 import openai
 import pytest
 
-from tests.engine_support import test_image
+from crop_vllm.testing.photos import picture
 
 pytestmark = pytest.mark.engine
 
@@ -39,7 +39,7 @@ def client(vllm_serve):
 
 
 def test_region_shrinks_prompt_tokens_by_the_predicted_amount(client, vllm_serve):
-    image = test_image(3)
+    image = picture(3)
     base = chat(client, vllm_serve.model, [image])
     pruned = chat(
         client,
@@ -52,7 +52,7 @@ def test_region_shrinks_prompt_tokens_by_the_predicted_amount(client, vllm_serve
 
 
 def test_crop_off_gives_the_stock_answer(client, vllm_serve):
-    image = test_image(4)
+    image = picture(4)
     base = chat(client, vllm_serve.model, [image])
     off = chat(
         client,
@@ -65,7 +65,7 @@ def test_crop_off_gives_the_stock_answer(client, vllm_serve):
 
 
 def test_two_images_with_their_own_regions(client, vllm_serve):
-    images = [test_image(5), test_image(6)]
+    images = [picture(5), picture(6)]
     base = chat(client, vllm_serve.model, images)
     pruned = chat(
         client,
@@ -86,6 +86,6 @@ def test_two_images_with_their_own_regions(client, vllm_serve):
 )
 def test_invalid_region_is_a_400_and_the_server_keeps_serving(client, vllm_serve, kwargs):
     with pytest.raises(openai.BadRequestError) as error:
-        chat(client, vllm_serve.model, [test_image(7)], mm_processor_kwargs=kwargs)
+        chat(client, vllm_serve.model, [picture(7)], mm_processor_kwargs=kwargs)
     assert "crop_" in str(error.value)
-    assert chat(client, vllm_serve.model, [test_image(7)]).usage.prompt_tokens > 64
+    assert chat(client, vllm_serve.model, [picture(7)]).usage.prompt_tokens > 64

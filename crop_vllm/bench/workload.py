@@ -1,5 +1,5 @@
 """What the PLC and ILP benchmarks share: the mid-size checkpoint, one CROP engine on it, and the
-image+question workload (fresh random images, a quarter-image region)."""
+image+question workload (a fresh picture per request, a quarter-image region)."""
 
 from __future__ import annotations
 
@@ -14,6 +14,7 @@ import numpy as np
 from PIL import Image
 
 from crop_vllm.families import MODEL_TYPES, family
+from crop_vllm.testing.photos import picture
 from crop_vllm.testing.tiny_models import chat_prompt
 
 QUARTER = [0.0, 0.0, 0.5, 0.5]
@@ -38,10 +39,9 @@ def add_workload_arguments(parser: argparse.ArgumentParser, requests: int) -> No
 
 
 def images(count: int, size: int, seed: int = 0) -> list[Image.Image]:
-    rng = np.random.default_rng(seed)
-    return [
-        Image.fromarray(rng.integers(0, 255, (size, size, 3), dtype=np.uint8)) for _ in range(count)
-    ]
+    """`count` distinct square pictures (no cache hits between them or across seeds)."""
+    seeds = np.random.default_rng(seed).integers(0, 2**31, count)
+    return [picture(int(s), size, size) for s in seeds]
 
 
 def image_requests(
@@ -49,10 +49,10 @@ def image_requests(
 ) -> list[dict[str, Any]]:
     """`args.requests` prompts, each with its own fresh image; `crop` as processor kwargs."""
     requests = []
-    for index, picture in enumerate(images(args.requests, args.image_size, seed)):
+    for index, image in enumerate(images(args.requests, args.image_size, seed)):
         request: dict[str, Any] = {
             "prompt": chat_prompt(args.arch, 1, QUESTIONS[index % len(QUESTIONS)]),
-            "multi_modal_data": {"image": picture},
+            "multi_modal_data": {"image": image},
         }
         if crop is not None:
             request["mm_processor_kwargs"] = crop

@@ -155,3 +155,26 @@ def kv_blocks(
     pruned_layers = max(num_layers - ilp_layer, 0)
     kept = math.ceil((num_tokens - num_dropped) / block_size)
     return num_layers * full, (num_layers - pruned_layers) * full + pruned_layers * kept
+
+
+@dataclass(frozen=True)
+class KvShape:
+    """What one token stores per decoder layer, from a model's HF config: with the element
+    size, it turns `kv_blocks`' layer-blocks into bytes."""
+
+    num_layers: int
+    num_kv_heads: int
+    head_dim: int
+
+    @classmethod
+    def of(cls, hf_config: object) -> KvShape:
+        text = hf_config.get_text_config()  # type: ignore[attr-defined]
+        heads = text.num_attention_heads
+        head_dim = getattr(text, "head_dim", None) or text.hidden_size // heads
+        kv_heads = getattr(text, "num_key_value_heads", None) or heads
+        return cls(text.num_hidden_layers, kv_heads, head_dim)
+
+    def layer_block_bytes(self, block_size: int, dtype_bytes: int) -> int:
+        """Bytes of one layer-block: K and V of `block_size` tokens (vLLM's page size of a
+        full-attention layer)."""
+        return 2 * block_size * self.num_kv_heads * self.head_dim * dtype_bytes

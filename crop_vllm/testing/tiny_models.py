@@ -49,7 +49,6 @@ of this file's source), and a directory with a matching marker is returned as is
 from __future__ import annotations
 
 import argparse
-import copy
 import hashlib
 import json
 import math
@@ -1122,43 +1121,6 @@ def build_tiny_model(arch: str, out_dir: Path, size: str = "tiny") -> Path:
             if tmp.exists():
                 shutil.rmtree(tmp, ignore_errors=True)
     return out_dir
-
-
-# --------------------------------------------------------------------------------------------
-# Test inputs
-# --------------------------------------------------------------------------------------------
-
-
-def synthetic_image(width: int = 224, height: int = 224, seed: int = 0):
-    """A deterministic RGB PIL image with a gradient background and a few colored shapes."""
-    import random
-
-    from PIL import Image, ImageDraw
-
-    rng = random.Random(seed)
-    image = Image.new("RGB", (width, height))
-    pixels = image.load()
-    for y in range(height):
-        for x in range(width):
-            pixels[x, y] = (x * 255 // max(1, width - 1), y * 255 // max(1, height - 1), 96)
-    draw = ImageDraw.Draw(image)
-    for _ in range(6):
-        x0, y0 = rng.randrange(width), rng.randrange(height)
-        x1 = min(width - 1, x0 + rng.randrange(8, max(9, width // 3)))
-        y1 = min(height - 1, y0 + rng.randrange(8, max(9, height // 3)))
-        color = (rng.randrange(256), rng.randrange(256), rng.randrange(256))
-        if rng.random() < 0.5:
-            draw.rectangle((x0, y0, x1, y1), fill=color)
-        else:
-            draw.ellipse((x0, y0, x1, y1), fill=color)
-    return image
-
-
-def chat_messages(question: str, num_images: int = 1) -> list[dict[str, Any]]:
-    """One user turn with `num_images` image parts and a text part (HF / vLLM chat format)."""
-    content: list[dict[str, Any]] = [{"type": "image"} for _ in range(num_images)]
-    content.append({"type": "text", "text": question})
-    return [{"role": "user", "content": copy.deepcopy(content)}]
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -22,18 +22,39 @@ Response = dict[str, Any]
 
 
 @dataclass(frozen=True)
+class KvCacheFacts:
+    """What an engine says about its KV cache: tokens per block, and the element type (vLLM's
+    `--kv-cache-dtype`; with `auto` the model's dtype, `model_dtype`, None where the engine
+    does not say which)."""
+
+    block_size: int
+    cache_dtype: str
+    model_dtype: str | None = None
+
+
+@dataclass
+class ServedBy:
+    """Filled in by the engine as it answers a request: facts of whoever served it."""
+
+    #: None when the engine (a remote backend) does not say.
+    kv_cache: KvCacheFacts | None = None
+
+
+@dataclass(frozen=True)
 class EngineRequest:
     """A chat request ready for an engine.
 
     `request` holds the client's fields as vLLM validated them; `images` are its image parts,
     loaded, in message order; `crop_kwargs` is the CROP plan (`crop_mode`, `crop_regions`) the
-    engine adds to `mm_processor_kwargs`, empty when CROP leaves every image alone.
+    engine adds to `mm_processor_kwargs`, empty when CROP leaves every image alone; the engine
+    fills in `served_by`.
     """
 
     request_id: str
     request: VllmChatRequest
     images: list[LoadedImage]
     crop_kwargs: dict[str, object]
+    served_by: ServedBy = field(default_factory=ServedBy)
 
     def mm_processor_kwargs(self) -> dict[str, Any] | None:
         merged = {**(self.request.mm_processor_kwargs or {}), **self.crop_kwargs}
@@ -111,7 +132,8 @@ class Engine(Protocol):
 
     def generate(self, request: EngineRequest) -> AsyncIterator[Response]:
         """vLLM's answer: with `request.request.stream` its chunks (the last one with `usage`),
-        else one chat completion. Closing the iterator early aborts the generation."""
+        else one chat completion; `request.served_by` is filled in before the first answer.
+        Closing the iterator early aborts the generation."""
         ...
 
     async def status(self) -> EngineStatus:

@@ -10,7 +10,6 @@ the CROP plan travels in `mm_processor_kwargs`.
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 from collections.abc import AsyncIterator, Iterator, Mapping
 from typing import TYPE_CHECKING, Any
@@ -19,11 +18,13 @@ from server.engines import (
     EngineRequest,
     EngineStatus,
     EngineUnavailable,
+    KvCacheFacts,
     Response,
     ServedModel,
     refusal,
 )
 from server.engines.vllm_api import VLLM_VERSION, replace_images
+from server.sse import achunks
 
 if TYPE_CHECKING:
     from prometheus_client.metrics_core import Metric
@@ -56,6 +57,7 @@ class EmbeddedEngine:
         self._llm: Any = None
         self._serving: Any = None
         self._models: Any = None
+        self._kv_cache: KvCacheFacts | None = None
 
     async def start(self) -> None:
         from starlette.datastructures import State
@@ -74,6 +76,12 @@ class EmbeddedEngine:
         }
         logger.info("starting the embedded vLLM engine: %s", args)
         self._llm = AsyncLLM.from_engine_args(AsyncEngineArgs(**args))
+        config = self._llm.vllm_config  # block size as the engine core settled it
+        self._kv_cache = KvCacheFacts(
+            block_size=config.cache_config.block_size,
+            cache_dtype=str(config.cache_config.cache_dtype),
+            model_dtype=str(config.model_config.dtype).removeprefix("torch."),
+        )
         serve_args = make_arg_parser(FlexibleArgumentParser()).parse_args(
             [
                 "--model", self.model,
@@ -136,6 +144,7 @@ class EmbeddedEngine:
         )
 
         self._check_alive()
+        request.served_by.kv_cache = self._kv_cache
         pixels = await asyncio.to_thread(lambda: [image.pixels() for image in request.images])
         vllm_request = request.request.model_copy(
             update={
@@ -159,11 +168,7 @@ class EmbeddedEngine:
             yield answer.model_dump()
             return
         try:
-            async for line in answer:
-                data = line.removeprefix("data: ").strip()
-                if data == "[DONE]":
-                    return
-                chunk = json.loads(data)
+            async for chunk in achunks(answer):
                 if "error" in chunk:
                     raise self._error(chunk["error"])
                 yield chunk

@@ -4,7 +4,10 @@ Backends run with `--trust-request-mm-kwargs` (the CROP plan travels as the top-
 `mm_processor_kwargs` of the chat request) and with the gateway's CROP settings, which the
 gateway checks: at startup and in every probe it asks each backend (vLLM's own `/tokenize`) how
 many prompt tokens PLC saves on a probe image and whether ILP modes are allowed, and takes a
-backend whose answer differs from its own accounting out of rotation until it agrees.
+backend whose answer differs from its own accounting out of rotation until it agrees. Each probe
+also reads the backend's KV-cache facts (block size, cache dtype) from vLLM's
+`vllm:cache_config_info` metric; a backend that does not export it (`--disable-log-stats`)
+serves on, and the KV figures of its answers are left out.
 
 Requests go to the healthy backend with the fewest outstanding requests. A backend that refuses
 connections or answers 5xx is taken out and probed again every `retry_interval_s`; the request
@@ -24,10 +27,11 @@ import itertools
 import json
 import logging
 from collections.abc import AsyncIterator, Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from typing import Any
 
 import httpx
+from prometheus_client.parser import text_string_to_metric_families
 
 from server.decoding import LoadedImage
 from server.engines import (
@@ -35,11 +39,13 @@ from server.engines import (
     EngineRequest,
     EngineStatus,
     EngineUnavailable,
+    KvCacheFacts,
     Response,
     ServedModel,
     refusal,
 )
 from server.engines.vllm_api import replace_images
+from server.sse import achunks
 
 logger = logging.getLogger(__name__)
 
@@ -97,6 +103,8 @@ class Backend:
     #: Why the backend's CROP answers differ from the gateway's, while they do.
     mismatch: str | None = None
     last_error: str | None = None
+    #: From its `vllm:cache_config_info` (None: it does not export the metric).
+    kv_cache: KvCacheFacts | None = None
 
     def describe(self) -> dict[str, Any]:
         return {
@@ -106,6 +114,7 @@ class Backend:
             "model": self.model,
             "vllm_version": self.vllm_version,
             "crop_settings_match": None if self.model is None else self.mismatch is None,
+            "kv_cache": None if self.kv_cache is None else asdict(self.kv_cache),
             "last_error": self.last_error,
         }
 
@@ -193,6 +202,10 @@ class RemoteEngine:
             backend.model, backend.root = models[0]["id"], models[0].get("root")
             backend.max_model_len = models[0].get("max_model_len")
             backend.vllm_version = (await self._get(backend, "/version")).json().get("version")
+            kv_cache = await self._read_kv_cache(backend)
+            if backend.healthy and kv_cache != backend.kv_cache:
+                logger.info("backend %s: %s", backend.url, _kv_cache_note(kv_cache))
+            backend.kv_cache = kv_cache
             mismatch = await self._check_crop(backend)
         except (httpx.HTTPError, ValueError, KeyError, IndexError, TypeError) as exc:
             if backend.healthy:
@@ -211,7 +224,12 @@ class RemoteEngine:
                 backend.healthy = False
                 backend.last_error = f"CROP settings differ: {mismatch}"
             elif not backend.healthy:
-                logger.info("backend %s serves (model %s)", backend.url, backend.model)
+                logger.info(
+                    "backend %s serves (model %s; %s)",
+                    backend.url,
+                    backend.model,
+                    _kv_cache_note(backend.kv_cache),
+                )
                 backend.healthy = True
                 backend.last_error = None
             backend.mismatch = mismatch
@@ -226,6 +244,13 @@ class RemoteEngine:
         except _STALE_CONNECTION:
             response = await self._client.get(url, timeout=PROBE_TIMEOUT_S)
         return response.raise_for_status()
+
+    async def _read_kv_cache(self, backend: Backend) -> KvCacheFacts | None:
+        try:
+            metrics = (await self._get(backend, "/metrics")).text
+        except httpx.HTTPStatusError:
+            return None
+        return kv_cache_facts(metrics)
 
     async def _check_crop(self, backend: Backend) -> str | None:
         """None when the backend prunes as the gateway counts, else what differs."""
@@ -307,6 +332,7 @@ class RemoteEngine:
                     f"{len(tried)} tried for this request)"
                 )
             tried.add(backend.url)
+            request.served_by.kv_cache = backend.kv_cache
             streamed = False
             backend.outstanding += 1
             try:
@@ -344,13 +370,7 @@ class RemoteEngine:
                 if not body.get("stream"):
                     yield json.loads(await response.aread())
                     return
-                async for line in response.aiter_lines():
-                    if not line.startswith("data:"):
-                        continue
-                    data = line[5:].strip()
-                    if data == "[DONE]":
-                        return
-                    chunk = json.loads(data)
+                async for chunk in achunks(response.aiter_lines()):
                     if "error" in chunk:
                         raise _stream_error(chunk["error"])
                     yield chunk
@@ -359,6 +379,29 @@ class RemoteEngine:
             raise (_StaleConnection if stale else _BackendDown)(
                 f"{type(exc).__name__}: {exc}"
             ) from None
+
+
+def kv_cache_facts(metrics: str) -> KvCacheFacts | None:
+    """The KV-cache facts in a `vllm serve` `/metrics` text: the labels of its
+    `vllm:cache_config_info` (None when it has none)."""
+    line = next((s for s in metrics.splitlines() if s.startswith("vllm:cache_config_info{")), None)
+    if line is None:
+        return None
+    try:
+        (family,) = text_string_to_metric_families(line + "\n")
+        labels = family.samples[0].labels
+        return KvCacheFacts(int(labels["block_size"]), labels["cache_dtype"])
+    except (KeyError, ValueError):  # not the metric vLLM 0.32 exports: as if it had none
+        return None
+
+
+def _kv_cache_note(facts: KvCacheFacts | None) -> str:
+    if facts is None:
+        return (
+            "it exports no vllm:cache_config_info (--disable-log-stats?), so usage.crop.kv is "
+            "null for its answers"
+        )
+    return f"KV cache of {facts.block_size}-token blocks, cache dtype {facts.cache_dtype}"
 
 
 def _refusal(status: int, payload: bytes) -> EngineError:

@@ -6,7 +6,7 @@ Each backend variant (`tests/gpu/test_backends.py`: FA3 and FA2 FlashAttention, 
 FlashInfer, FlexAttention) runs in a pytest process of its own (bf16 engine against the fp32
 reference, the stock-metadata invariant, chunks that keep no token), with a time limit, so that
 one backend that hangs or crashes does not take the others with it. Then the benchmark
-(`crop_vllm.bench.kv`: stock vLLM defaults, PLC, ILP and PLC+ILP on the `bench` checkpoint;
+(`loadtest.bench_kv`: stock vLLM defaults, PLC, ILP and PLC+ILP on the `bench` checkpoint;
 TTFT, throughput, KV blocks per request; `--kv-bench` runs its full KV-bound sweep instead of
 the short one). Everything lands in DIR/report.json; one verdict line per backend is printed.
 The exit status is 0 only when every backend passed.
@@ -107,7 +107,7 @@ def run_backend(variant: str, out: Path, timeout: float) -> BackendResult:
 
 def run_benchmark(out: Path, full: bool, timeout: float) -> dict[str, object]:
     target = out / "benchmark.json"
-    command = [sys.executable, "-m", "crop_vllm.bench.kv", "--json", str(target)]
+    command = [sys.executable, "-m", "loadtest.bench_kv", "--json", str(target)]
     if not full:
         command.append("--short")
     with (out / "benchmark.log").open("w") as output:
