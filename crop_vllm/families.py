@@ -10,6 +10,7 @@ all read it cheaply.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 
 @dataclass(frozen=True)
@@ -89,3 +90,9 @@ def family_of_architecture(architecture: str) -> Family:
             return candidate
     supported = ", ".join(f.stock_architecture for f in FAMILIES)
     raise ValueError(f"CROP supports {supported}; this model is {architecture}")
+
+
+def language_config(hf_config: Any) -> Any:
+    """The config of a checkpoint's language model: transformers' text config, or InternVL chat
+    configs' `llm_config`, which transformers does not know as one."""
+    return getattr(hf_config, "llm_config", None) or hf_config.get_text_config()

@@ -40,6 +40,7 @@ from crop_vllm.options import CropSettings
 from loadtest.common import (
     BENCH_CACHE,
     QUARTER,
+    QUESTIONS,
     Sample,
     Servers,
     closed_loop,
@@ -57,12 +58,6 @@ from loadtest.common import (
 from server.accounting import ModelGeometry
 from server.engines import KvCacheFacts
 
-QUESTIONS = (
-    "What color is the umbrella the woman holds?",
-    "How many dogs are there?",
-    "What is written on the sign?",
-    "Is the cup on the left of the laptop?",
-)
 #: name -> (CROP mode of the requests or None for stock, CROP settings of the engine)
 ROWS: dict[str, tuple[str | None, dict[str, object]]] = {
     "stock": (None, {}),

@@ -31,14 +31,7 @@ from crop_localizer.testing import fake_vocabulary, random_world_model
 from crop_localizer.vocabulary import OBJECT_NAMES
 from crop_localizer.yolo_world import YoloWorldLocalizer
 from crop_vllm.testing.photos import picture
-from loadtest.common import closed_loop, percentile
-
-QUESTIONS = (
-    "What color is the umbrella the woman holds?",
-    "How many dogs are there?",
-    "What is written on the sign?",
-    "Is the man to the left of the bus?",
-)
+from loadtest.common import QUESTIONS, closed_loop, percentile
 
 
 @dataclass(frozen=True)

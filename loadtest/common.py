@@ -3,7 +3,7 @@ the gateway), the chat requests they send and how they time them, the closed loo
 them, vLLM's own metrics and percentiles.
 
 The baseline is stock vLLM as `vllm serve MODEL` runs it (vLLM's default configuration, the
-plugin not loaded); CROP engines run as README tells users to (`crop_vllm.demo.serve_command`:
+plugin not loaded); CROP engines run as README tells users to (`crop_vllm.serve.serve_command`:
 vLLM's defaults, the CROP architecture and settings, what the settings require). Both get the
 same `machine_args` (dtype, context length: what this machine needs, not tuning).
 """
@@ -26,8 +26,8 @@ import httpx
 import numpy as np
 from prometheus_client.parser import text_string_to_metric_families
 
-from crop_vllm.demo import serve_command, vllm_serve_prefix
 from crop_vllm.options import CropSettings
+from crop_vllm.serve import serve_command, vllm_serve_prefix
 from crop_vllm.testing.photos import photo_jpeg
 from crop_vllm.testing.servers import free_port, start_server, stop_server, wait_until_healthy
 from server.flags import crop_setting_args
@@ -35,6 +35,13 @@ from server.sse import achunks
 
 T = TypeVar("T")
 QUARTER = [0.0, 0.0, 0.5, 0.5]
+#: The benchmarks' questions about the picture, taken in turn.
+QUESTIONS = (
+    "What color is the umbrella the woman holds?",
+    "How many dogs are there?",
+    "What is written on the sign?",
+    "Is the cup on the left of the laptop?",
+)
 #: Where the benchmark checkpoints are built (once, cached).
 BENCH_CACHE = Path.home() / ".cache" / "crop-serving" / "bench"
 #: The served model name of every benchmark server.

@@ -12,7 +12,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from crop_vllm.families import family_of_architecture
+from crop_vllm.families import family_of_architecture, language_config
 from crop_vllm.geometry import Grid, image_grids, image_processor_settings, num_image_tokens
 from crop_vllm.ilp.plan import KvShape, image_keep_mask, kv_blocks
 from crop_vllm.layout import CropMode, Region
@@ -105,7 +105,7 @@ class ModelGeometry:
         if kv_cache.model_dtype is not None:
             return kv_cache.model_dtype
         declared = getattr(self.hf_config, "dtype", None) or getattr(
-            self.hf_config.get_text_config(), "dtype", None
+            language_config(self.hf_config), "dtype", None
         )
         return None if declared is None else str(declared).removeprefix("torch.")
 

@@ -14,8 +14,8 @@ from pathlib import Path
 
 import pytest
 
-from crop_vllm.demo import serve_command
 from crop_vllm.options import CropSettings
+from crop_vllm.serve import serve_command
 from crop_vllm.testing.servers import free_port, start_server, stop_server, wait_until_healthy
 from tests.engine_support import CROP_ARCH, make_llm, shutdown
 

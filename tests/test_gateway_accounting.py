@@ -3,8 +3,11 @@ and allocator arithmetic (no engine needed)."""
 
 from __future__ import annotations
 
+import json
+
 import pytest
 
+from crop_vllm.families import MODEL_TYPES, family
 from crop_vllm.ilp.plan import kv_blocks
 from crop_vllm.layout import CropMode, Region
 from crop_vllm.options import CropSettings
@@ -103,3 +106,18 @@ def test_a_packed_kv_dtype_reports_layer_blocks_but_no_bytes(geometry):
     kv = geometry.kv_usage(100, 48, KvCacheFacts(32, "nvfp4"))
     assert kv.layer_blocks_with_saving > 0
     assert kv.bytes_with_saving is None and kv.bytes_without_saving is None
+
+
+@pytest.mark.parametrize("arch", MODEL_TYPES)
+def test_the_kv_shape_is_the_language_models_for_every_family(arch, tiny_checkpoint):
+    checkpoint = tiny_checkpoint(arch)
+    raw = json.loads((checkpoint / "config.json").read_text())
+    language = raw.get("llm_config") or raw["text_config"]
+    geometry = ModelGeometry.load(str(checkpoint), CropSettings(), family(arch).remote_code)
+    shape = geometry.kv_shape
+    assert shape.num_layers == language["num_hidden_layers"]
+    assert shape.num_kv_heads == language["num_key_value_heads"]
+    head_dim = (
+        language.get("head_dim") or language["hidden_size"] // language["num_attention_heads"]
+    )
+    assert shape.head_dim == head_dim

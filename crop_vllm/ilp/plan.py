@@ -21,9 +21,11 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
+from crop_vllm.families import language_config
 from crop_vllm.geometry import Grid, grid_layout, grid_region_marks
 from crop_vllm.layout import Layout, PLCSettings
 from crop_vllm.options import ImagePlan
@@ -167,8 +169,8 @@ class KvShape:
     head_dim: int
 
     @classmethod
-    def of(cls, hf_config: object) -> KvShape:
-        text = hf_config.get_text_config()  # type: ignore[attr-defined]
+    def of(cls, hf_config: Any) -> KvShape:
+        text = language_config(hf_config)
         heads = text.num_attention_heads
         head_dim = getattr(text, "head_dim", None) or text.hidden_size // heads
         kv_heads = getattr(text, "num_key_value_heads", None) or heads

@@ -8,15 +8,8 @@ from functools import cached_property
 from typing import Any
 
 from crop_vllm.layout import CropMode, Region
-from loadtest.common import QUARTER, image_chat, jpeg_url
+from loadtest.common import QUARTER, QUESTIONS, image_chat, jpeg_url
 from server.accounting import ModelGeometry
-
-QUESTIONS = (
-    "What color is the umbrella the woman holds?",
-    "How many dogs are next to the car?",
-    "Is the cup on the left of the laptop?",
-    "What is the person on the bicycle wearing?",
-)
 
 
 @dataclass(frozen=True)

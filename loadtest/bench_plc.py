@@ -1,6 +1,6 @@
 """PLC benchmark: the same image+question batch through vLLM with and without PLC, one run.
 
-    python -m crop_vllm.bench.plc [--arch llava] [--requests 24] [--repeats 3]
+    python -m loadtest.bench_plc [--arch llava] [--requests 24] [--repeats 3]
 
 Builds (once, cached) a mid-size random checkpoint (`size="bench"`), starts one CROP engine and
 times the batch with `crop_mode` off and with a quarter-image region (outside stride 4),
@@ -17,9 +17,11 @@ import argparse
 import statistics
 import time
 
-from crop_vllm.bench.workload import (
+from crop_vllm.geometry import num_image_tokens
+from crop_vllm.layout import PLCSettings, Region
+from loadtest.common import QUARTER
+from loadtest.prefill import (
     PREFILL_SECONDS,
-    QUARTER,
     add_workload_arguments,
     bench_engine,
     histogram_mean,
@@ -27,8 +29,6 @@ from crop_vllm.bench.workload import (
     image_requests,
     workload_grids,
 )
-from crop_vllm.geometry import num_image_tokens
-from crop_vllm.layout import PLCSettings, Region
 
 
 def run_batch(llm, requests) -> tuple[float, float, int]:

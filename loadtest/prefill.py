@@ -13,21 +13,15 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
-from crop_vllm.families import MODEL_TYPES, family
+from crop_vllm.families import MODEL_TYPES, family, language_config
 from crop_vllm.testing.photos import picture
 from crop_vllm.testing.tiny_models import chat_prompt
+from loadtest.common import QUESTIONS
 
-QUARTER = [0.0, 0.0, 0.5, 0.5]
 #: vLLM's per-request prefill time (scheduled to first token, vision encoder included) and the
 #: time between output tokens: engine-side, without preprocessing or client overhead.
 PREFILL_SECONDS = "vllm:request_prefill_time_seconds"
 INTER_TOKEN_SECONDS = "vllm:inter_token_latency_seconds"
-QUESTIONS = [
-    "What color is the umbrella the woman holds?",
-    "How many dogs are there?",
-    "What is written on the sign?",
-    "Is the cup on the left of the laptop?",
-]
 
 
 def add_workload_arguments(parser: argparse.ArgumentParser, requests: int) -> None:
@@ -101,9 +95,8 @@ def workload_grids(args: argparse.Namespace, checkpoint: Path, config: Any) -> l
 
 
 def num_decoder_layers(config: Any) -> int:
-    """The LLM's layer count (InternVL chat configs call the LLM's config `llm_config`)."""
-    text_config = getattr(config, "llm_config", None) or config.get_text_config()
-    return text_config.num_hidden_layers
+    """The LLM's layer count."""
+    return language_config(config).num_hidden_layers
 
 
 def histogram_totals(llm: Any, name: str) -> tuple[float, int]:

@@ -1,6 +1,6 @@
 """Run `vllm serve` with the CROP plugin, on a given model or on a tiny local demo checkpoint.
 
-    python -m crop_vllm.demo [--model DIR] [--host H] [--port P] [-- extra vllm serve args]
+    python -m crop_vllm.serve [--model DIR] [--host H] [--port P] [-- extra vllm serve args]
 
 With no model, a tiny random-weight LLaVA checkpoint is built under the cache folder (nothing is
 downloaded): it answers with gibberish, but exercises the whole path. The model's architecture

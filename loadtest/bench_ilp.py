@@ -1,11 +1,12 @@
 """ILP benchmark: baseline, PLC, ILP and PLC+ILP side by side in one engine, one run.
 
-    python -m crop_vllm.bench.ilp [--arch llava] [--requests 16] [--repeats 3] [--decode 16]
+    python -m loadtest.bench_ilp [--arch llava] [--requests 16] [--repeats 3] [--decode 16]
 
-Same mid-size random checkpoint (`size="bench"`) and workload as `crop_vllm.bench.plc`: a batch
+Same mid-size random checkpoint (`size="bench"`) and workload as `loadtest.bench_plc`: a batch
 of fresh 448px images with questions and a quarter-image region. One CROP engine with ILP on
-(`crop_enable_ilp`, eager, no prefix caching) serves all four modes, alternated per repeat so
-that each sees the same machine state.
+(`crop_enable_ilp`) serves all four modes, alternated per repeat so that each sees the same
+machine state. The engine runs eager: the layer timer below is a pair of forward hooks, which a
+compiled model would trace away (the HTTP benchmarks in `loadtest/` run compiled).
 
 - layers s: time in the decoder layers (first layer's input to last layer's output, summed
   over the batch's prefill steps) for the batch with one output token: what the ideal models;
@@ -15,8 +16,8 @@ that each sees the same machine state.
   1 + `--decode` output tokens;
 - layer-weighted tokens: sum over requests of K * prefilled + (L - K) * kept-after-K tokens
   (what the decoder layers process in prefill), relative to the baseline;
-- KV blocks: blocks the batch's prompts occupy (ILP keeps a block per logical token in every
-  layer, so it saves compute, not KV memory);
+- KV layer-blocks: what the batch's requests hold at their last token, one layer's KV for a
+  block of tokens each (`crop_vllm.ilp.plan.kv_blocks`, with ILP's KV saving);
 - ideal speedup = baseline layer-weighted tokens / mode's; measured = baseline time / mode's,
   for the decoder layers, engine prefill and wall time.
 """
@@ -24,14 +25,13 @@ that each sees the same machine state.
 from __future__ import annotations
 
 import argparse
-import math
 import statistics
 import time
 
-from crop_vllm.bench.workload import (
+from loadtest.common import QUARTER
+from loadtest.prefill import (
     INTER_TOKEN_SECONDS,
     PREFILL_SECONDS,
-    QUARTER,
     add_workload_arguments,
     bench_engine,
     histogram_mean,
@@ -61,7 +61,7 @@ def main() -> None:
     parser.add_argument("--ilp-layer", type=int, default=2)
     args = parser.parse_args()
 
-    from crop_vllm.ilp.plan import image_keep_mask
+    from crop_vllm.ilp.plan import image_keep_mask, kv_blocks
     from crop_vllm.layout import CropMode, PLCSettings, Region
     from crop_vllm.options import ImagePlan
 
@@ -124,19 +124,22 @@ def main() -> None:
         f"{args.image_size}px, quarter region, stride 4, CPU, block size {block_size}"
     )
     print(
-        f"{'mode':8} {'prompt':>6} {'kept@K':>6} {'LW tok':>7} {'LW %':>6} {'KV blk':>6} "
+        f"{'mode':8} {'prompt':>6} {'kept@K':>6} {'LW tok':>7} {'LW %':>6} {'KV lblk':>7} "
         f"{'layers s':>8} {'eng s':>6} {'wall s':>6} {'dec ms':>6} {'ideal':>6} "
         f"{'layers x':>8} {'m/i':>6} {'eng x':>8} {'m/i':>6} {'wall x':>8} {'m/i':>6}"
     )
     for mode in MODES:
         lw = layer_weighted(mode)
-        blocks = sum(math.ceil((p + 1 + args.decode) / block_size) for p in prompts[mode])
+        blocks = sum(
+            kv_blocks(p + 1 + args.decode, dropped(mode), block_size, num_layers, args.ilp_layer)[1]
+            for p in prompts[mode]
+        )
         kept = sum(p - dropped(mode) for p in prompts[mode])
         ideal = base_lw / lw
         speedups = [median[k]["off"] / median[k][mode] for k in ("layers", "engine", "wall")]
         print(
             f"{mode:8} {sum(prompts[mode]):>6} {kept:>6} {lw:>7} {lw / base_lw:>6.1%} "
-            f"{blocks:>6} {median['layers'][mode]:>8.3f} {median['engine'][mode]:>6.3f} "
+            f"{blocks:>7} {median['layers'][mode]:>8.3f} {median['engine'][mode]:>6.3f} "
             f"{median['wall'][mode]:>6.3f} {1000 * median['decode'][mode]:>6.1f} {ideal:>5.2f}x "
             + " ".join(f"{x:>7.2f}x {x / ideal:>6.1%}" for x in speedups)
         )
