@@ -11,14 +11,13 @@ from typing import Any
 import httpx
 import pytest
 
-from crop_vllm.testing.photos import picture
+from crop_vllm.testing.photos import noise, picture
 from tests.gateway_fixtures import (
     API_KEY,
     MODEL_NAME,
     QUARTER,
     data_url,
     image_message,
-    noise_image,
 )
 
 pytestmark = pytest.mark.engine
@@ -90,7 +89,7 @@ CASES = {
         lambda _: with_image("data:image/png;base64,@@@@"), 400, "invalid_image_url", FIRST_IMAGE
     ),
     "oversized image bytes": Case(
-        lambda _: with_image(data_url(noise_image(300, 300))), 400, "image_too_large", FIRST_IMAGE
+        lambda _: with_image(data_url(noise(0, 300, 300))), 400, "image_too_large", FIRST_IMAGE
     ),
     "oversized image pixels": Case(
         lambda url: with_image(url + "/huge.png"), 400, "image_too_large", FIRST_IMAGE
