@@ -13,7 +13,7 @@ import pytest
 import torch
 from safetensors import safe_open
 
-from crop_vllm.testing.photos import picture
+from crop_vllm.testing.photos import noise, picture
 from crop_vllm.testing.tiny_models import (
     ARCHES,
     MARKER_FILE,
@@ -255,8 +255,8 @@ def test_generates_from_an_image_and_a_question(arch, loaded):
     text = tokenizer.decode(tokens, skip_special_tokens=True)
     assert text.isprintable() and "\ufffd" not in text
 
-    # The image matters: another image changes the continuation.
-    other = chat_inputs(arch, processor, picture(7, 224, 224))
+    # The image matters: a very different image (random pixels) changes the continuation.
+    other = chat_inputs(arch, processor, noise(7, 224, 224))
     with torch.no_grad():
         other_tokens = model.generate(**other, do_sample=False, max_new_tokens=16)
     assert other_tokens[0, -16:].tolist() != tokens
