@@ -198,12 +198,25 @@ def chat_bodies(args, model: str, seed: int, count: int, mode: str | None) -> li
     ]
 
 
+def engine_kv_blocks(url: str) -> str:
+    """The engine's KV cache size in blocks, as its `vllm:cache_config_info` says (a block holds
+    every layer's KV of `--block-size` tokens; with ILP's KV saving, the groups share them)."""
+    metrics = httpx.get(url + "/metrics").text
+    line = next((s for s in metrics.splitlines() if s.startswith("vllm:cache_config_info{")), "")
+    for label in line.partition("{")[2].split(","):
+        key, _, value = label.partition("=")
+        if key == "num_gpu_blocks":
+            return value.strip('"')
+    return "?"
+
+
 def run_row(args, checkpoint: Path, name: str, kv_bytes: int) -> list[RowResult]:
     row = Row(args, checkpoint, name)
     logs = args.cache / "kv-bench-logs"
     logs.mkdir(parents=True, exist_ok=True)
     slug = name.replace(" ", "_").replace(",", "")
-    env = server_env()
+    # On CPU, VLLM_CPU_KVCACHE_SPACE (which `server_env` sets) overrides --kv-cache-memory-bytes.
+    env = {k: v for k, v in server_env().items() if k != "VLLM_CPU_KVCACHE_SPACE"}
     with Servers(logs, env) as servers:
         server = servers.start(
             slug,
@@ -211,6 +224,7 @@ def run_row(args, checkpoint: Path, name: str, kv_bytes: int) -> list[RowResult]
             stock_env(env) if row.mode is None else env,
         )
         servers.wait_healthy(900)
+        print(f"{name}: {engine_kv_blocks(server.url)} KV cache blocks", flush=True)
         results = []
         for clients, count, seed in (
             (args.clients, args.requests, 1),
