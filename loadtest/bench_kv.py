@@ -57,6 +57,7 @@ from loadtest.common import (
 )
 from server.accounting import ModelGeometry
 from server.engines import KvCacheFacts
+from server.engines.remote import cache_config_labels
 
 #: name -> (CROP mode of the requests or None for stock, CROP settings of the engine)
 ROWS: dict[str, tuple[str | None, dict[str, object]]] = {
@@ -201,13 +202,8 @@ def chat_bodies(args, model: str, seed: int, count: int, mode: str | None) -> li
 def engine_kv_blocks(url: str) -> str:
     """The engine's KV cache size in blocks, as its `vllm:cache_config_info` says (a block holds
     every layer's KV of `--block-size` tokens; with ILP's KV saving, the groups share them)."""
-    metrics = httpx.get(url + "/metrics").text
-    line = next((s for s in metrics.splitlines() if s.startswith("vllm:cache_config_info{")), "")
-    for label in line.partition("{")[2].split(","):
-        key, _, value = label.partition("=")
-        if key == "num_gpu_blocks":
-            return value.strip('"')
-    return "?"
+    labels = cache_config_labels(httpx.get(url + "/metrics").text) or {}
+    return labels.get("num_gpu_blocks", "?")
 
 
 def run_row(args, checkpoint: Path, name: str, kv_bytes: int) -> list[RowResult]:

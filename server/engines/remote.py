@@ -381,16 +381,28 @@ class RemoteEngine:
             ) from None
 
 
-def kv_cache_facts(metrics: str) -> KvCacheFacts | None:
-    """The KV-cache facts in a `vllm serve` `/metrics` text: the labels of its
-    `vllm:cache_config_info` (None when it has none)."""
+def cache_config_labels(metrics: str) -> dict[str, str] | None:
+    """The labels of `vllm:cache_config_info` in a `vllm serve` `/metrics` text (vLLM's cache
+    configuration; None when it exports none)."""
     line = next((s for s in metrics.splitlines() if s.startswith("vllm:cache_config_info{")), None)
     if line is None:
         return None
     try:
         (family,) = text_string_to_metric_families(line + "\n")
-        labels = family.samples[0].labels
-        return KvCacheFacts(int(labels["block_size"]), labels["cache_dtype"])
+        return family.samples[0].labels
+    except ValueError:
+        return None
+
+
+def kv_cache_facts(metrics: str) -> KvCacheFacts | None:
+    """The KV-cache facts in a `vllm serve` `/metrics` text (None when it has none)."""
+    labels = cache_config_labels(metrics)
+    try:
+        return (
+            None
+            if labels is None
+            else KvCacheFacts(int(labels["block_size"]), labels["cache_dtype"])
+        )
     except (KeyError, ValueError):  # not the metric vLLM 0.32 exports: as if it had none
         return None
 
