@@ -7,7 +7,9 @@ reproduces that regime on one machine: the KV cache is sized (`--fit`, default 4
 vLLM holds about four requests of the workload, and the same bytes are given to every row. Each
 row is a real `vllm serve` process on the `bench` checkpoint, driven by `--clients` concurrent
 streaming clients (closed loop, fresh images, a quarter-image client region, `--output` tokens
-each), then by one client:
+each), then by one client. The rows' servers run side by side and are measured one at a time, in
+rounds of alternating order (`--rounds` at `--clients`; at one client, each request is a round),
+after unmeasured warm-up requests:
 
 - stock: stock vLLM with its default configuration (what `vllm serve MODEL` does);
 - PLC; ILP without the KV saving (`crop_ilp_compact_kv=false`); ILP; PLC+ILP: the CROP
@@ -18,7 +20,7 @@ preemptions (`vllm:num_preemptions`), KV per request (layer-blocks of the reques
 count, as the gateway reports them in `usage.crop.kv`: the allocator's own arithmetic,
 `crop_vllm.ilp.plan.kv_blocks`, checked against vLLM's allocator in the tests) relative to stock,
 throughput (requests/s) and TTFT p50/p99, each with its ratio to the stock row measured in the
-same run.
+same run, and the median inter-token latency (the decode step at the batch the row runs).
 """
 
 from __future__ import annotations
@@ -33,6 +35,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import httpx
+import torch
 
 from crop_vllm.families import MODEL_TYPES, family
 from crop_vllm.layout import CropMode, Region
@@ -83,6 +86,8 @@ class RowResult:
     kv_layer_blocks_per_request: float
     ttft_p50: float
     ttft_p99: float
+    #: Median time between a request's streamed tokens: the decode step at this row's batch.
+    itl_p50: float
     samples: list[Sample] = field(default_factory=list, repr=False)
 
     @property
@@ -95,8 +100,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--arch", default="llava", choices=MODEL_TYPES)
     parser.add_argument("--size", default="bench", choices=["bench", "bench-1024"])
     parser.add_argument("--clients", type=int, default=16)
-    parser.add_argument("--requests", type=int, default=48, help="per row at --clients")
-    parser.add_argument("--single-requests", type=int, default=4, help="per row at 1 client")
+    parser.add_argument("--requests", type=int, default=48, help="per row and round at --clients")
+    parser.add_argument("--single-requests", type=int, default=8, help="per row at 1 client")
+    parser.add_argument("--warmup", type=int, default=4, help="unmeasured requests per row")
+    parser.add_argument(
+        "--rounds", type=int, default=2, help="measured windows per row, in alternating order"
+    )
     parser.add_argument("--output", type=int, default=64, help="output tokens per request")
     parser.add_argument("--image-size", type=int, default=448)
     parser.add_argument("--fit", type=float, default=4.0, help="stock requests the KV cache fits")
@@ -110,7 +119,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--cache", type=Path, default=BENCH_CACHE)
     args = parser.parse_args(argv)
     if args.short:
-        args.requests, args.single_requests, args.output = 24, 2, 32
+        args.requests, args.single_requests, args.output, args.rounds = 24, 2, 32, 1
     return args
 
 
@@ -141,6 +150,11 @@ class Row:
             "--kv-cache-memory-bytes", str(kv_bytes), "--max-num-seqs", str(args.clients),
             "--mm-processor-cache-gb", "0",  # fresh images anyway; keeps every row alike
         ]  # fmt: skip
+        if torch.cuda.is_available():
+            # The rows share one GPU. With --kv-cache-memory-bytes the utilization only sets
+            # the free memory vLLM demands at startup, which the default 0.9 would deny to all
+            # but the first few servers.
+            engine += ["--gpu-memory-utilization", "0.15"]
         if self.mode is None:
             return stock_command(checkpoint, port, engine)
         return crop_command(checkpoint, port, engine, self.settings)
@@ -154,8 +168,18 @@ def kv_cache_bytes(args: argparse.Namespace, geometry: ModelGeometry, tokens: in
     return blocks * shape.num_layers * shape.layer_block_bytes(args.block_size, 4)  # float32
 
 
-async def drive(url: str, bodies: list[dict], clients: int) -> tuple[list[Sample], dict]:
-    """Closed-loop streaming clients over `bodies`; samples and vLLM gauges while running."""
+@dataclass
+class Window:
+    """One measured stretch of a row: its requests, and vLLM's gauges sampled meanwhile."""
+
+    samples: list[Sample]
+    seconds: float
+    running: list[float]
+    preemptions: float
+
+
+async def drive(url: str, bodies: list[dict], clients: int) -> Window:
+    """Closed-loop streaming clients over `bodies`, sampling vLLM's gauges while they run."""
     running: list[float] = []
     done = asyncio.Event()
     async with httpx.AsyncClient(timeout=600) as client:
@@ -174,14 +198,10 @@ async def drive(url: str, bodies: list[dict], clients: int) -> tuple[list[Sample
         done.set()
         await watcher
         after = await scrape(client, url)
-    busy = [r for r in running if r > 0] or [0.0]
     preemptions = "vllm:num_preemptions_total"
-    return samples, {
-        "seconds": seconds,
-        "running_mean": statistics.fmean(busy),
-        "running_max": max(busy),
-        "preemptions": after.get(preemptions, 0.0) - before.get(preemptions, 0.0),
-    }
+    return Window(
+        samples, seconds, running, after.get(preemptions, 0.0) - before.get(preemptions, 0.0)
+    )
 
 
 def chat_bodies(args, model: str, seed: int, count: int, mode: str | None) -> list[dict]:
@@ -206,44 +226,76 @@ def engine_kv_blocks(url: str) -> str:
     return labels.get("num_gpu_blocks", "?")
 
 
-def run_row(args, checkpoint: Path, name: str, kv_bytes: int) -> list[RowResult]:
-    row = Row(args, checkpoint, name)
+def result(row: Row, clients: int, windows: list[Window]) -> RowResult:
+    """A row's figures at one concurrency, over all its windows."""
+    samples = [sample for window in windows for sample in window.samples]
+    busy = [r for window in windows for r in window.running if r > 0] or [0.0]
+    ttft = [s.ttft_s for s in samples if s.ttft_s is not None]
+    return RowResult(
+        row.name,
+        clients,
+        len(samples),
+        sum(window.seconds for window in windows),
+        statistics.fmean(busy),
+        max(busy),
+        sum(window.preemptions for window in windows),
+        statistics.fmean(row.layer_blocks(s) for s in samples),
+        percentile(ttft, 50),
+        percentile(ttft, 99),
+        percentile([inter_token_seconds(s) for s in samples if s.completion_tokens > 1], 50),
+        samples,
+    )
+
+
+def inter_token_seconds(sample: Sample) -> float:
+    """A streamed request's mean time per token after its first."""
+    return (sample.latency_s - (sample.ttft_s or 0.0)) / (sample.completion_tokens - 1)
+
+
+def measure(args, checkpoint: Path, kv_bytes: int) -> list[RowResult]:
+    """Every row's server side by side (an idle vLLM sleeps), driven one at a time in rounds
+    whose row order alternates (ABBA): a machine whose speed drifts during the run then weighs
+    on every row alike instead of on whichever ran last."""
+    rows = [Row(args, checkpoint, name) for name in args.rows]
     logs = args.cache / "kv-bench-logs"
     logs.mkdir(parents=True, exist_ok=True)
-    slug = name.replace(" ", "_").replace(",", "")
     # On CPU, VLLM_CPU_KVCACHE_SPACE (which `server_env` sets) overrides --kv-cache-memory-bytes.
     env = {k: v for k, v in server_env().items() if k != "VLLM_CPU_KVCACHE_SPACE"}
     with Servers(logs, env) as servers:
-        server = servers.start(
-            slug,
-            lambda port: row.command(args, checkpoint, port, kv_bytes),
-            stock_env(env) if row.mode is None else env,
-        )
-        servers.wait_healthy(900)
-        print(f"{name}: {engine_kv_blocks(server.url)} KV cache blocks", flush=True)
+        urls = {
+            row.name: servers.start(
+                row.name.replace(" ", "_").replace(",", ""),
+                lambda port, row=row: row.command(args, checkpoint, port, kv_bytes),
+                stock_env(env) if row.mode is None else env,
+            ).url
+            for row in rows
+        }
+        servers.wait_healthy(1800)
+        for row in rows:
+            print(f"{row.name}: {engine_kv_blocks(urls[row.name])} KV cache blocks", flush=True)
+            # Not measured: a server's first requests pay one-time costs (lazy kernel builds,
+            # the processor's first load).
+            warmup = chat_bodies(args, str(checkpoint), 10**6, args.warmup, row.mode)
+            asyncio.run(drive(urls[row.name], warmup, min(args.warmup, args.clients)))
         results = []
-        for clients, count, seed in (
-            (args.clients, args.requests, 1),
-            (1, args.single_requests, 2),
-        ):
-            bodies = chat_bodies(args, str(checkpoint), seed * 1000, count, row.mode)
-            samples, gauges = asyncio.run(drive(server.url, bodies, clients))
-            ttft = [s.ttft_s for s in samples if s.ttft_s is not None]
-            results.append(
-                RowResult(
-                    name,
-                    clients,
-                    len(samples),
-                    gauges["seconds"],
-                    gauges["running_mean"],
-                    gauges["running_max"],
-                    gauges["preemptions"],
-                    statistics.fmean(row.layer_blocks(s) for s in samples),
-                    percentile(ttft, 50),
-                    percentile(ttft, 99),
-                    samples,
-                )
-            )
+        # (clients, requests per window, rounds, seed): at one client every request is a window
+        # of its own, the rows taking turns request by request.
+        phases = (
+            (args.clients, args.requests, args.rounds, 1),
+            (1, 1, args.single_requests, 2),
+        )
+        for clients, count, rounds, seed in phases:
+            if count * rounds == 0:
+                continue
+            windows: dict[str, list[Window]] = {row.name: [] for row in rows}
+            for round_index in range(rounds):
+                order = rows if round_index % 2 == 0 else rows[::-1]
+                for row in order:
+                    first = (seed * 100 + round_index) * 1000  # fresh images, alike across rows
+                    bodies = chat_bodies(args, str(checkpoint), first, count, row.mode)
+                    windows[row.name].append(asyncio.run(drive(urls[row.name], bodies, clients)))
+                print(f"@ {clients}: round {round_index + 1} of {rounds} done", flush=True)
+            results += [result(row, clients, windows[row.name]) for row in rows]
     return results
 
 
@@ -255,7 +307,7 @@ def table(results: list[RowResult]) -> str:
         lines.append(f"\n{clients} client(s):")
         lines.append(
             f"{'row':<18} {'running':>13} {'preempt':>8} {'KV/req':>13} "
-            f"{'req/s':>14} {'TTFT p50 s':>16} {'TTFT p99 s':>11}"
+            f"{'req/s':>14} {'TTFT p50 s':>16} {'TTFT p99 s':>11} {'ITL p50 ms':>11}"
         )
         for r in rows:
             kv, kv_stock = r.kv_layer_blocks_per_request, stock.kv_layer_blocks_per_request
@@ -263,7 +315,8 @@ def table(results: list[RowResult]) -> str:
                 f"{r.name:<18} {r.running_mean:>6.1f} (max {r.running_max:>2.0f}) "
                 f"{r.preemptions:>8.0f} {kv:>6.0f} ({kv / kv_stock:>4.0%}) "
                 f"{r.throughput:>6.2f} ({r.throughput / stock.throughput:>4.2f}x) "
-                f"{r.ttft_p50:>7.2f} ({r.ttft_p50 / stock.ttft_p50:>4.2f}x) {r.ttft_p99:>11.2f}"
+                f"{r.ttft_p50:>7.2f} ({r.ttft_p50 / stock.ttft_p50:>4.2f}x) {r.ttft_p99:>11.2f} "
+                f"{r.itl_p50 * 1000:>11.1f}"
             )
     return "\n".join(lines)
 
@@ -285,10 +338,7 @@ def main(argv: list[str] | None = None) -> None:
         f"block {args.block_size}",
         flush=True,
     )
-    results = []
-    for name in args.rows:
-        results += run_row(args, checkpoint, name, kv_bytes)
-        print(f"{name}: done", flush=True)
+    results = measure(args, checkpoint, kv_bytes)
     print(table(results))
     if args.json:
         rows = [

@@ -1,7 +1,8 @@
-"""The comparison benchmark's own arithmetic: the downscale baseline and the ratio columns.
+"""The benchmarks' own arithmetic: the comparison's downscale baseline and ratio columns, the
+KV-bound benchmark's pooling of rounds.
 
-(The benchmark itself starts three servers and runs for minutes: it is run by hand,
-`python -m loadtest.bench_compare`, not in CI.)
+(The benchmarks themselves start several servers and run for minutes: they are run by hand,
+`python -m loadtest.bench_compare` / `loadtest.bench_kv`, not in CI.)
 """
 
 from __future__ import annotations
@@ -12,7 +13,8 @@ import pytest
 
 from crop_vllm.layout import CropMode, Region
 from crop_vllm.options import CropSettings
-from loadtest.common import QUARTER
+from loadtest import bench_kv
+from loadtest.common import QUARTER, Sample
 from loadtest.compare.report import with_speedups
 from loadtest.compare.workload import Workload
 from server.accounting import ModelGeometry
@@ -82,3 +84,20 @@ def test_stock_rows_without_usage_count_no_ilp_drop():
     stock = row("stock vLLM", 1, 1.0, 600, float("nan"), float("nan"))
     with_speedups([stock], layers=12, ilp_layer=2)
     assert stock["ideal_speedup"] == 1.0
+
+
+def test_kv_benchmark_pools_a_rows_rounds_into_one_figure_each(tiny_checkpoint):
+    args = bench_kv.parse_args([])
+    stock = bench_kv.Row(args, tiny_checkpoint("llava"), "stock")
+    first = bench_kv.Window([Sample(2.0, 0.5, 100, 11)], 4.0, [0.0, 2.0, 4.0], 1.0)
+    second = bench_kv.Window(
+        [Sample(3.0, 1.0, 100, 11), Sample(1.1, 0.1, 100, 11)], 2.0, [3.0], 2.0
+    )
+
+    pooled = bench_kv.result(stock, 16, [first, second])
+
+    assert pooled.requests == 3 and pooled.throughput == pytest.approx(3 / 6.0)
+    # The idle sample (0 running) is left out of the mean.
+    assert pooled.running_mean == pytest.approx(3.0) and pooled.running_max == 4.0
+    assert pooled.preemptions == 3.0
+    assert pooled.itl_p50 == pytest.approx(0.15)  # (2.0 - 0.5) / 10, (3.0 - 1.0) / 10, 0.1
