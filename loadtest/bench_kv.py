@@ -277,26 +277,30 @@ def measure(args, checkpoint: Path, kv_bytes: int) -> list[RowResult]:
             # the processor's first load).
             warmup = chat_bodies(args, str(checkpoint), 10**6, args.warmup, row.mode)
             asyncio.run(drive(urls[row.name], warmup, min(args.warmup, args.clients)))
-        results = []
-        # (clients, requests per window, rounds, seed): at one client every request is a window
-        # of its own, the rows taking turns request by request.
-        phases = (
-            (args.clients, args.requests, args.rounds, 1),
-            (1, 1, args.single_requests, 2),
-        )
-        for clients, count, rounds, seed in phases:
-            if count * rounds == 0:
-                continue
-            windows: dict[str, list[Window]] = {row.name: [] for row in rows}
-            for round_index in range(rounds):
-                order = rows if round_index % 2 == 0 else rows[::-1]
-                for row in order:
-                    first = (seed * 100 + round_index) * 1000  # fresh images, alike across rows
-                    bodies = chat_bodies(args, str(checkpoint), first, count, row.mode)
-                    windows[row.name].append(asyncio.run(drive(urls[row.name], bodies, clients)))
-                print(f"@ {clients}: round {round_index + 1} of {rounds} done", flush=True)
-            results += [result(row, clients, windows[row.name]) for row in rows]
-    return results
+        # At one client every request is a round of its own: the rows take turns request by
+        # request.
+        return [
+            *run_phase(args, checkpoint, rows, urls, args.clients, args.requests, args.rounds, 1),
+            *run_phase(args, checkpoint, rows, urls, 1, 1, args.single_requests, 2),
+        ]
+
+
+def run_phase(
+    args, checkpoint: Path, rows: list[Row], urls: dict[str, str], clients: int, count: int,
+    rounds: int, seed: int,
+) -> list[RowResult]:  # fmt: skip
+    """`rounds` rounds of `count` requests per row from `clients` clients, the row order
+    reversed every other round."""
+    if count * rounds == 0:
+        return []
+    windows: dict[str, list[Window]] = {row.name: [] for row in rows}
+    for round_index in range(rounds):
+        for row in rows if round_index % 2 == 0 else rows[::-1]:
+            first = (seed * 100 + round_index) * 1000  # fresh images, alike across rows
+            bodies = chat_bodies(args, str(checkpoint), first, count, row.mode)
+            windows[row.name].append(asyncio.run(drive(urls[row.name], bodies, clients)))
+        print(f"@ {clients}: round {round_index + 1} of {rounds} done", flush=True)
+    return [result(row, clients, windows[row.name]) for row in rows]
 
 
 def table(results: list[RowResult]) -> str:
