@@ -150,13 +150,23 @@ def test_shutdown_lets_an_in_flight_stream_finish_and_refuses_new_connections(
 
 
 def test_log_lines_carry_the_request_id(http, caplog):
+    """The access line is written by the server's thread after the response has gone out, so
+    the test waits for it rather than reading the records the moment the reply arrives."""
     caplog.handler.addFilter(RequestIdFilter())
+
+    def logged() -> bool:
+        return any(
+            r.name == "server.access"
+            and r.request_id == "log-7"
+            and "/v1/chat/completions" in r.getMessage()
+            for r in list(caplog.records)
+        )
+
     with caplog.at_level(logging.INFO, logger="server.access"):
         http.post(
             "/v1/chat/completions", headers={"X-Request-Id": "log-7"}, json=chat_body(max_tokens=1)
         )
-    access = [r for r in caplog.records if r.name == "server.access"]
-    assert any(r.request_id == "log-7" and "/v1/chat/completions" in r.getMessage() for r in access)
+        wait_for(logged, 30)
 
 
 class CornerLocalizer:
