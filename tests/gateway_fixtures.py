@@ -113,14 +113,24 @@ Samples = dict[tuple[str, tuple[tuple[str, str], ...]], float]
 
 
 def scrape(live: LiveGateway) -> Samples:
-    """A gateway's `/metrics`, read with prometheus_client's own parser."""
-    response = httpx.get(live.url + "/metrics")
-    assert response.headers["content-type"].startswith("text/plain")
-    return {
-        (sample.name, tuple(sorted(sample.labels.items()))): sample.value
-        for family in text_string_to_metric_families(response.text)
-        for sample in family.samples
-    }
+    """A gateway's `/metrics`, read with prometheus_client's own parser, once no counted request
+    is in flight: the gateway counts a request after its response has gone out, so a scrape
+    sent the moment a reply arrives could otherwise miss it."""
+    samples: Samples = {}
+
+    def settled() -> bool:
+        nonlocal samples
+        response = httpx.get(live.url + "/metrics")
+        assert response.headers["content-type"].startswith("text/plain")
+        samples = {
+            (sample.name, tuple(sorted(sample.labels.items()))): sample.value
+            for family in text_string_to_metric_families(response.text)
+            for sample in family.samples
+        }
+        return not any(v for (name, _), v in samples.items() if name == "crop_requests_in_flight")
+
+    wait_for(settled, 60)
+    return samples
 
 
 class Delta:
