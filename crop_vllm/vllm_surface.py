@@ -226,7 +226,7 @@ _QWEN3_VL_TOUCHPOINTS = (
         "overridden",
         "crop_vllm.models.qwen3_vl.CropQwen3VLMixin._get_deepstack_input_embeds",
         "ILP runs layers >= K on the kept rows: the DeepStack levels added after those layers "
-        "must be gathered to them too",
+        "must be gathered to them too (and their row count marked unbacked for compilation)",
         "vLLM lets a model run part of its layers on a subset of the tokens",
         ("self", "num_tokens"),
     ),

@@ -4,9 +4,9 @@ engine's config is built, with a message that says what to change."""
 import pytest
 
 from crop_vllm.families import family
-from tests.engine_support import CROP_ARCH, make_llm
+from tests.engine_support import CROP_ARCH
 
-#: Qwen3-VL (dense, MoE) and InternVL: every refusal, and compiled ILP on their Qwen3 LLMs.
+#: Qwen3-VL (dense, MoE) and InternVL: every refusal.
 NEW_FAMILIES = ("qwen3_vl", "qwen3_vl_moe", "internvl_chat")
 
 
@@ -54,10 +54,3 @@ def test_settings_that_would_skip_or_corrupt_plc_are_refused(
             trust_remote_code=family(arch).remote_code,
             **settings,
         )
-
-
-@pytest.mark.parametrize("arch", NEW_FAMILIES)
-def test_compiled_ilp_on_a_qwen3_language_model_is_refused(arch, tiny_checkpoint):
-    """Its compiled graph asserts kept-token counts the cut does not guarantee: eager only."""
-    with pytest.raises(ValueError, match="run it eager"):
-        make_llm(tiny_checkpoint(arch), CROP_ARCH[arch], hf_overrides={"crop_enable_ilp": True})

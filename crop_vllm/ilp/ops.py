@@ -52,7 +52,9 @@ def ilp_enter(
 def _ilp_enter_fake(
     positions: torch.Tensor, hidden_states: torch.Tensor, residual: torch.Tensor | None
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    kept = torch.library.get_ctx().new_dynamic_size()
+    # At least one row: a step that keeps no token runs one placeholder row (IlpStep.keeps_none).
+    # Graphs that need a non-empty batch (Qwen3's attention, MoE layers) compile on this bound.
+    kept = torch.library.get_ctx().new_dynamic_size(min=1)
     return (
         positions.new_empty((*positions.shape[:-1], kept)),
         hidden_states.new_empty((kept, hidden_states.shape[1])),

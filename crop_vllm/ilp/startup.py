@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from vllm.config import CompilationMode, CUDAGraphMode
+from vllm.config import CUDAGraphMode
 from vllm.model_executor.models.config import VerifyAndUpdateConfig
 
 from crop_vllm.ilp.requirements import COMPACT_KV_SCHEDULER, SUPPORTED_BACKENDS
@@ -37,27 +37,9 @@ def plc_problems(vllm_config: VllmConfig) -> list[str]:
     return problems
 
 
-#: Language models (HF text `model_type`) whose compiled graphs cannot take every kept-token
-#: count the cut produces: Qwen3's attention asserts at least one token after layer K, Qwen3-VL's
-#: DeepStack additions after layers >= K at least two (its inputs' sizes), and the Qwen3 MoE
-#: layer does not compile on a data-dependent token count. Eager models run them all.
-EAGER_ONLY_LANGUAGE_MODELS = frozenset({"qwen3", "qwen3_moe", "qwen3_vl_text", "qwen3_vl_moe_text"})
-
-
 def ilp_problems(vllm_config: VllmConfig, settings: CropSettings) -> list[str]:
     """What to change so that ILP can run (empty: fine)."""
     problems = []
-    language_model = vllm_config.model_config.hf_text_config.model_type
-    compiled = vllm_config.compilation_config.mode != CompilationMode.NONE
-    if (
-        language_model in EAGER_ONLY_LANGUAGE_MODELS
-        and compiled
-        and not vllm_config.model_config.enforce_eager
-    ):
-        problems.append(
-            f"ILP on a compiled {language_model} language model (Qwen3-VL, InternVL3.5) fails on "
-            "steps that keep few or no tokens after layer K: run it eager (--enforce-eager)"
-        )
     if vllm_config.cache_config.enable_prefix_caching and not settings.ilp_compact_kv:
         problems.append(
             "prefix caching would share KV blocks whose layers >= K hold compacted contents: "

@@ -10,6 +10,7 @@ levels added after those layers are gathered to the kept rows too.
 
 from __future__ import annotations
 
+import torch
 from vllm.model_executor.models.qwen3_vl import (
     Qwen3VLDummyInputsBuilder,
     Qwen3VLForConditionalGeneration,
@@ -38,14 +39,21 @@ class CropQwen3VLMixin(CropQwenMixin):
     deepstack_num_level: int  # provided by the stock model
 
     def _get_deepstack_input_embeds(self, num_tokens: int) -> IntermediateTensors | None:
-        """The step's DeepStack levels; levels added after layers >= K only on the kept rows."""
+        """The step's DeepStack levels; levels added after layers >= K only on the kept rows.
+
+        Those levels' row count is marked unbacked, as the kept count is (`crop::ilp_enter`): a
+        compiled graph would otherwise take it for a dynamic size, which torch assumes is at
+        least 2, and assert that of every step's kept count (a step may keep one row).
+        """
         levels = super()._get_deepstack_input_embeds(num_tokens)  # type: ignore[misc]
-        step = current_step()
-        if levels is None or step is None or self.crop_ilp is None:
+        if levels is None or self.crop_ilp is None:
             return levels
+        step = current_step()
         for level in range(self.crop_ilp.layer, self.deepstack_num_level):
             key = f"deepstack_input_embeds_{level}"
-            levels[key] = levels[key].index_select(0, step.kept_rows)
+            if step is not None:
+                levels[key] = levels[key].index_select(0, step.kept_rows)
+            torch._dynamo.decorators.mark_unbacked(levels[key], 0)
         return levels
 
 
