@@ -5,6 +5,8 @@ in the worker process, and importing it wraps the ILP metadata build there, to c
 tensor reachable from the stock step's metadata is bit-identical after ILP built its own. Layers
 < K run with the stock metadata after that build, so a shared stateful builder (FlashInfer's
 planned wrappers, FlexAttention's persistent tensors) would fail the check; it is numerics-free.
+It also records how many tokens each compacted step kept, so that tests can show they ran the
+edge cases (a step that keeps none).
 """
 
 from __future__ import annotations
@@ -18,7 +20,7 @@ from vllm.forward_context import get_forward_context
 import crop_vllm.ilp.patches.runner as ilp_runner
 
 _MAX_DEPTH = 4
-_report: dict[str, Any] = {"checks": 0, "tensors": 0, "violations": []}
+_report: dict[str, Any] = {"checks": 0, "tensors": 0, "violations": [], "kept_tokens": []}
 
 
 def reachable_tensors(
@@ -68,6 +70,18 @@ def _checked_kept_metadata(runner, state, compaction, ilp):  # type: ignore[no-u
 
 
 ilp_runner._kept_metadata = _checked_kept_metadata
+
+_compact_step = ilp_runner.compact_step
+
+
+def _recorded_compact_step(*args, **kwargs):  # type: ignore[no-untyped-def]
+    compaction = _compact_step(*args, **kwargs)
+    if compaction is not None:
+        _report["kept_tokens"].append(compaction.num_tokens)
+    return compaction
+
+
+ilp_runner.compact_step = _recorded_compact_step
 
 
 class IlpProbe:

@@ -91,14 +91,13 @@ def ilp_engine(case, tiny_checkpoint, crop_engine):
     FLEX on CPU materializes query x cached keys, so its KV cache stays small."""
     arch, backend = case
     crop_engine(None)
-    # CPU_ATTN runs compiled, as vLLM runs by default; FLEX eagerly, with a small KV cache.
+    # CPU_ATTN runs compiled, as vLLM runs by default (every family); FLEX eagerly, with a small
+    # KV cache.
     extra = (
         {"num_gpu_blocks_override": 48, "enforce_eager": True}
         if backend == "FLEX_ATTENTION"
         else {}
     )
-    if arch not in FLEX_ARCHES:  # Qwen3 language models: compiled ILP is refused (startup.py)
-        extra["enforce_eager"] = True
     llm = make_ilp_llm(tiny_checkpoint, arch, backend, **extra)
     yield llm
     shutdown(llm)
@@ -182,6 +181,29 @@ def test_mixed_batch_matches_the_reference(arch, tiny_checkpoint, ilp_engine, im
         check_against_reference(reference, arch, images, name, output)
     (text_alone,) = greedy(ilp_engine, [text_only])
     assert text_alone.outputs[0].token_ids == outputs[-1].outputs[0].token_ids
+
+
+def test_steps_that_keep_no_token_match_the_reference(arch, tiny_checkpoint, ilp_engine):
+    """A request alone whose image, outside its one-cell region, fills whole 64-token chunks:
+    those steps keep no token (layers >= K run one placeholder row), and the answer is still the
+    reference's."""
+    if arch == "llava":
+        pytest.skip("LLaVA-1.5's 64 image tokens follow text: no chunk is image tokens alone")
+    large = picture(3, 512, 512)
+    (before,) = ilp_engine.collective_rpc("ilp_probe_report")
+    alone = request(
+        arch, [large], "What is here?", crop_mode="ilp", crop_regions=[ONE_CELL.as_list()]
+    )
+    (output,) = greedy(ilp_engine, [alone])
+    (after,) = ilp_engine.collective_rpc("ilp_probe_report")
+    assert 0 in after["kept_tokens"][len(before["kept_tokens"]) :]
+    reference = ReferenceILP(arch, tiny_checkpoint(arch), CropSettings(enable_ilp=True))
+    plans = [ImagePlan(CropMode.ILP, ONE_CELL)]
+    prompt = list(output.prompt_token_ids)
+    expected = reference.generate_ilp(prompt, [large], plans, len(output.outputs[0].token_ids))
+    assert_matches(output, expected)
+    unpruned = reference.generate_ilp(prompt, [large], [plans[0].without_ilp()], 16)
+    assert differs(expected, unpruned)
 
 
 def test_the_ilp_build_leaves_the_stock_metadata_untouched(arch, ilp_engine, images):
