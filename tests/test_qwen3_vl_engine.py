@@ -2,8 +2,9 @@
 per-image regions through Qwen3-VL's per-video kwargs routing.
 
 The tiny Qwen3-VL adds its three DeepStack levels after LLM layers 0, 1 and 2 (of 4): with K <= 2
-the levels added after layers >= K must follow the kept rows. K = 2 (the default) runs with the
-other families in test_ilp_engine.py; here K = 0, 1 and 3, one eager engine each, prefill in
+the levels added after layers >= K must follow the kept rows. K = 2 (the default) runs compiled
+with the other families in test_ilp_engine.py; here K = 0 (every level after the cut) compiled,
+K = 1 and 3 eager (compiling costs minutes per engine on CPU), one engine each, prefill in
 64-token chunks so that every image spans chunks.
 """
 
@@ -47,8 +48,8 @@ def images():
 
 
 @pytest.mark.engine
-@pytest.mark.parametrize("layer", [0, 1, 3])
-def test_ilp_at_layer_k_matches_the_reference(layer, tiny_checkpoint, crop_engine, images):
+@pytest.mark.parametrize(("layer", "eager"), [(0, False), (1, True), (3, True)])
+def test_ilp_at_layer_k_matches_the_reference(layer, eager, tiny_checkpoint, crop_engine, images):
     """ILP and PLC+ILP requests with a text-only one in one batch, each as the reference computes
     it with the same K (DeepStack levels after layers >= K only on the kept tokens)."""
     crop_engine(None)  # one engine at a time
@@ -60,9 +61,7 @@ def test_ilp_at_layer_k_matches_the_reference(layer, tiny_checkpoint, crop_engin
         enable_prefix_caching=False,
         enable_chunked_prefill=True,
         max_num_batched_tokens=64,
-        # Eager: what varies here is the cut's place; the compiled cut runs in
-        # test_ilp_engine.py (K = 2, CPU_ATTN), and compiling costs minutes per engine on CPU.
-        enforce_eager=True,
+        enforce_eager=eager,
     )
     try:
         requests = [
