@@ -198,12 +198,7 @@ def test_steps_that_keep_no_token_match_the_reference(arch, tiny_checkpoint, ilp
     (after,) = ilp_engine.collective_rpc("ilp_probe_report")
     assert 0 in after["kept_tokens"][len(before["kept_tokens"]) :]
     reference = ReferenceILP(arch, tiny_checkpoint(arch), CropSettings(enable_ilp=True))
-    plans = [ImagePlan(CropMode.ILP, ONE_CELL)]
-    prompt = list(output.prompt_token_ids)
-    expected = reference.generate_ilp(prompt, [large], plans, len(output.outputs[0].token_ids))
-    assert_matches(output, expected)
-    unpruned = reference.generate_ilp(prompt, [large], [plans[0].without_ilp()], 16)
-    assert differs(expected, unpruned)
+    check_against_reference(reference, arch, [large], "ilp-one-cell", output)
 
 
 def test_the_ilp_build_leaves_the_stock_metadata_untouched(arch, ilp_engine, images):
