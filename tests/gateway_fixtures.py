@@ -38,6 +38,7 @@ from server.engines import Engine
 from server.engines.embedded import EmbeddedEngine
 from server.images import ImageLimits, parse_networks
 from tests.engine_fixtures import SERVING_BLOCK_SIZE, SERVING_SETTINGS
+from tests.engine_starts import engine_start, release_after_last_use
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")
@@ -151,6 +152,17 @@ def generated_by_vllm(samples: Samples) -> float:
     )
 
 
+def completed_in_vllm(samples: Samples) -> float:
+    """Requests vLLM completed: stopped, or ran to their length (`vllm:request_success_total`
+    with those finish reasons; an aborted request is not one)."""
+    return sum(
+        value
+        for (name, labels), value in samples.items()
+        if name == "vllm:request_success_total"
+        and dict(labels).get("finished_reason") in ("stop", "length")
+    )
+
+
 @dataclass(frozen=True)
 class TinyTokens:
     """Visual tokens of one `IMAGE_SIZE` image of the tiny LLaVA, by the plugin's own layout
@@ -258,7 +270,9 @@ def embedded_engine(server_loop, gateway_model) -> Iterator[EmbeddedEngine]:
     geometry = ModelGeometry.load(config.model, config.crop.settings)
     engine = build_engine(config, geometry)
     assert isinstance(engine, EmbeddedEngine)
-    server_loop.run(engine.start())
+    with engine_start("gateway's embedded engine", compiled=False):
+        server_loop.run(engine.start())
+    release_after_last_use("embedded_engine", lambda: server_loop.run(engine.aclose()))
     yield engine
     server_loop.run(engine.aclose())
 

@@ -17,7 +17,7 @@ import shutil
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -45,6 +45,10 @@ LOCUSTFILE = ROOT / "loadtest" / "locustfile.py"
 USER_CLASSES = ("AutoUser", "PlcUser", "OffUser")
 LOAD_SECONDS = 20
 IMAGE_SIZES = "224x224,448x336,560x420"
+#: The scrape jobs, and how long to wait for the scrapes a check needs (1 s interval).
+JOBS = ("crop-gateway", "vllm")
+JOB_PATTERN = "|".join(JOBS)
+SCRAPE_WAIT_S = 60
 
 
 # --------------------------------------------------------------------------------------------
@@ -86,6 +90,18 @@ class Prometheus:
         body = response.json()
         assert body["status"] == "success", body
         return body["data"]["result"]
+
+    def wait_for_scrapes(self, predicate: Callable[[dict[str, float]], bool], expr: str) -> None:
+        """Poll until `predicate` holds for {job: value of `expr`} (both jobs scraped)."""
+        deadline = time.monotonic() + SCRAPE_WAIT_S
+        while True:
+            values = {
+                r["metric"]["job"]: float(r["value"][1]) for r in self.query(expr, time.time())
+            }
+            if set(values) == set(JOBS) and predicate(values):
+                return
+            assert time.monotonic() < deadline, f"{expr} -> {values} after {SCRAPE_WAIT_S} s"
+            time.sleep(0.2)
 
 
 def loopback_config(gateway: str, engine: str, targets: Path) -> dict[str, Any]:
@@ -148,7 +164,10 @@ class LocustRun:
 def load(gateway, prometheus, tmp_path_factory) -> LocustRun:
     """One bounded headless locust run against the gateway while Prometheus scrapes."""
     prefix = tmp_path_factory.mktemp("locust") / "run"
-    time.sleep(3)  # a few scrapes before the load, so every counter's increase is seen
+    # A few scrapes of each job before the load, so every counter's increase is seen.
+    prometheus.wait_for_scrapes(
+        lambda counts: min(counts.values()) >= 2, f'count_over_time(up{{job=~"{JOB_PATTERN}"}}[1h])'
+    )
     result = subprocess.run(
         [
             sys.executable, "-m", "locust", "-f", str(LOCUSTFILE), "--headless",
@@ -161,7 +180,11 @@ def load(gateway, prometheus, tmp_path_factory) -> LocustRun:
         text=True,
         timeout=LOAD_SECONDS + 180,
     )  # fmt: skip
-    time.sleep(3)  # the final scrapes
+    # A scrape of each job that began after every response had arrived: the final counts.
+    finished = time.time()
+    prometheus.wait_for_scrapes(
+        lambda stamps: min(stamps.values()) > finished + 1, f'timestamp(up{{job=~"{JOB_PATTERN}"}})'
+    )
     with open(f"{prefix}_stats.csv") as stats:
         rows = list(csv.DictReader(stats))
     crop = json.loads(Path(f"{prefix}_crop.json").read_text())
@@ -211,8 +234,8 @@ def test_locust_and_prometheus_count_the_same_tokens_saved(load, prometheus):
 
 
 def test_prometheus_scrapes_the_gateway_and_the_engine(load, prometheus):
-    up = prometheus.query('up{job=~"crop-gateway|vllm"}', load.ended)
-    assert {r["metric"]["job"]: r["value"][1] for r in up} == {"crop-gateway": "1", "vllm": "1"}
+    up = prometheus.query(f'up{{job=~"{JOB_PATTERN}"}}', load.ended)
+    assert {r["metric"]["job"]: r["value"][1] for r in up} == dict.fromkeys(JOBS, "1")
 
 
 def dashboard_queries() -> list[Any]:

@@ -15,6 +15,7 @@ import psutil
 import pytest
 
 from crop_vllm.testing.servers import free_port, start_server, stop_server, wait_until_healthy
+from tests.engine_starts import engine_start
 from tests.gateway_fixtures import MODEL_NAME, chat_body
 
 pytestmark = pytest.mark.engine
@@ -39,10 +40,12 @@ def test_when_the_engine_dies_requests_get_503_and_the_gateway_exits_non_zero(
         "--model", str(tiny_checkpoint("llava")), "--served-model-name", MODEL_NAME,
         "--port", str(port), "--log-level", "warning",
         "--engine-arg", "dtype=float32", "--engine-arg", "max_model_len=2048",
+        "--engine-arg", "enforce_eager=true",  # nothing here depends on compilation
     ]  # fmt: skip
     gateway = start_server(command, log, {**os.environ, "VLLM_CPU_KVCACHE_SPACE": "1"})
     try:
-        wait_until_healthy(url, gateway, log, timeout=600)
+        with engine_start("crop-server serve (to be killed)", compiled=False):
+            wait_until_healthy(url, gateway, log, timeout=600)
         in_flight: list[httpx.Response] = []
         body = chat_body(max_tokens=1900, ignore_eos=True)
         reader = threading.Thread(

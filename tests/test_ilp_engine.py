@@ -1,11 +1,11 @@
 """ILP inside real vLLM engines: reference equivalence, identity, metadata isolation, refusals.
 
-One ILP engine per family and attention backend (chunked prefill forced to 64-token chunks, so
-every image spans chunks and LLaVA-NeXT's border and one-cell regions give chunks that keep no
-token), shared by the tests of that engine. Two backends run on CPU: CPU_ATTN and, through the
-test-only adaptations in `tests/flex_on_cpu.py`, FLEX_ATTENTION, whose metadata builder keeps
-persistent state (the class of backend, with FlashInfer, where ILP's metadata build could
-overwrite the stock one). Every ILP engine runs the stock-metadata invariant check of
+The engines are the engine matrix (`tests/engine_fixtures.py`): one ILP engine per family on
+CPU_ATTN, compiled, and LLaVA-NeXT on FLEX_ATTENTION through the test-only adaptations in
+`tests/flex_on_cpu.py` (FLEX's metadata builder keeps persistent state: the class of backend,
+with FlashInfer, where ILP's metadata build could overwrite the stock one). Prefill runs in
+64-token chunks, so every image spans chunks and LLaVA-NeXT's border and one-cell regions give
+chunks that keep no token. Every engine runs the stock-metadata invariant check of
 `tests/ilp_probe.py`.
 """
 
@@ -16,6 +16,7 @@ import pytest
 from crop_vllm.layout import FULL_IMAGE, CropMode, Region
 from crop_vllm.options import CropSettings, ImagePlan
 from crop_vllm.testing.photos import picture
+from tests.engine_fixtures import ILP_OVERRIDES
 from tests.engine_support import (
     BORDER,
     CROP_ARCH,
@@ -25,82 +26,22 @@ from tests.engine_support import (
     assert_matches,
     chosen_logprobs,
     greedy,
-    make_llm,
     make_prompt,
     request,
-    shutdown,
 )
 from tests.reference_ilp import ReferenceILP
 
 pytestmark = pytest.mark.engine
 
-ARCHES = ("llava", "qwen2_5_vl", "llava_next", "qwen3_vl", "qwen3_vl_moe", "internvl_chat")
-#: The families whose ILP engines also run on FLEX_ATTENTION (the backend's own check).
-FLEX_ARCHES = ("llava", "qwen2_5_vl", "llava_next")
-#: Backend -> the worker extension its engines load (FLEX needs the CPU adaptations).
-BACKENDS = {
-    "CPU_ATTN": "tests.ilp_probe.IlpProbe",
-    "FLEX_ATTENTION": "tests.flex_on_cpu.FlexOnCpu",
-}
-ILP_OVERRIDES = {"crop_enable_ilp": True}
-#: Small chunks: every image's placeholders span several prefill steps.
-CHUNK_TOKENS = 64
 #: Pruning must move the reference's log-probs by far more than the engine may differ from it.
 PRUNING_EFFECT = 10 * LOGPROB_TOLERANCE
 #: What summation order alone may change in float32 log-probs.
 FLOAT_NOISE = 1e-4
 
 
-@pytest.fixture(
-    scope="module",
-    params=[
-        (arch, backend)
-        for backend in BACKENDS
-        for arch in ARCHES
-        if backend == "CPU_ATTN" or arch in FLEX_ARCHES
-    ],
-    ids=lambda case: "-".join(case),
-)
-def case(request):
-    return request.param
-
-
 @pytest.fixture(scope="module")
-def arch(case):
-    return case[0]
-
-
-def make_ilp_llm(tiny_checkpoint, arch: str, backend: str = "CPU_ATTN", **engine_args):
-    """An ILP engine on `arch`'s tiny checkpoint, prefill forced into CHUNK_TOKENS-token chunks."""
-    return make_llm(
-        tiny_checkpoint(arch),
-        CROP_ARCH[arch],
-        hf_overrides=ILP_OVERRIDES,
-        enable_prefix_caching=False,
-        enable_chunked_prefill=True,
-        max_num_batched_tokens=CHUNK_TOKENS,
-        attention_backend=backend,
-        worker_extension_cls=BACKENDS[backend],
-        **engine_args,
-    )
-
-
-@pytest.fixture(scope="module")
-def ilp_engine(case, tiny_checkpoint, crop_engine):
-    """An ILP engine for the case (the session's CROP engine is shut down first: one at a time).
-    FLEX on CPU materializes query x cached keys, so its KV cache stays small."""
-    arch, backend = case
-    crop_engine(None)
-    # CPU_ATTN runs compiled, as vLLM runs by default (every family); FLEX eagerly, with a small
-    # KV cache.
-    extra = (
-        {"num_gpu_blocks_override": 48, "enforce_eager": True}
-        if backend == "FLEX_ATTENTION"
-        else {}
-    )
-    llm = make_ilp_llm(tiny_checkpoint, arch, backend, **extra)
-    yield llm
-    shutdown(llm)
+def arch(matrix_case) -> str:
+    return matrix_case[0]
 
 
 @pytest.fixture(scope="module")
@@ -169,68 +110,68 @@ def differs(first, second) -> bool:
     )
 
 
-def test_mixed_batch_matches_the_reference(arch, tiny_checkpoint, ilp_engine, images):
+def test_mixed_batch_matches_the_reference(arch, tiny_checkpoint, matrix_engine, images):
     """ILP, PLC+ILP, PLC-only, off and text-only requests of different lengths in one batch,
     prefilled in 64-token chunks; 16 greedy tokens each, as the reference computes them."""
     names = list(CASES)
     requests = [make_request(arch, images, name) for name in names]
     text_only = {"prompt": make_prompt(arch, 0, "Tell me a story about a red car.")}
-    outputs = greedy(ilp_engine, [*requests, text_only])
+    outputs = greedy(matrix_engine, [*requests, text_only])
     reference = ReferenceILP(arch, tiny_checkpoint(arch), CropSettings(enable_ilp=True))
     for name, output in zip(names, outputs, strict=False):
         check_against_reference(reference, arch, images, name, output)
-    (text_alone,) = greedy(ilp_engine, [text_only])
+    (text_alone,) = greedy(matrix_engine, [text_only])
     assert text_alone.outputs[0].token_ids == outputs[-1].outputs[0].token_ids
 
 
-def test_steps_that_keep_no_token_match_the_reference(arch, tiny_checkpoint, ilp_engine):
+def test_steps_that_keep_no_token_match_the_reference(arch, tiny_checkpoint, matrix_engine):
     """A request alone whose image, outside its one-cell region, fills whole 64-token chunks:
     those steps keep no token (layers >= K run one placeholder row), and the answer is still the
     reference's."""
     if arch == "llava":
         pytest.skip("LLaVA-1.5's 64 image tokens follow text: no chunk is image tokens alone")
     large = picture(3, 512, 512)
-    (before,) = ilp_engine.collective_rpc("ilp_probe_report")
+    (before,) = matrix_engine.collective_rpc("ilp_probe_report")
     alone = request(
         arch, [large], "What is here?", crop_mode="ilp", crop_regions=[ONE_CELL.as_list()]
     )
-    (output,) = greedy(ilp_engine, [alone])
-    (after,) = ilp_engine.collective_rpc("ilp_probe_report")
+    (output,) = greedy(matrix_engine, [alone])
+    (after,) = matrix_engine.collective_rpc("ilp_probe_report")
     assert 0 in after["kept_tokens"][len(before["kept_tokens"]) :]
     reference = ReferenceILP(arch, tiny_checkpoint(arch), CropSettings(enable_ilp=True))
     check_against_reference(reference, arch, [large], "ilp-one-cell", output)
 
 
-def test_the_ilp_build_leaves_the_stock_metadata_untouched(arch, ilp_engine, images):
+def test_the_ilp_build_leaves_the_stock_metadata_untouched(arch, matrix_engine, images):
     """Every tensor the stock step's metadata holds is bit-identical after ILP built its own
     metadata in the same step (numerics-free: it fails on a shared stateful builder)."""
-    (before,) = ilp_engine.collective_rpc("ilp_probe_report")
-    greedy(ilp_engine, [make_request(arch, images, n) for n in ("ilp-border", "no-crop")])
-    (after,) = ilp_engine.collective_rpc("ilp_probe_report")
+    (before,) = matrix_engine.collective_rpc("ilp_probe_report")
+    greedy(matrix_engine, [make_request(arch, images, n) for n in ("ilp-border", "no-crop")])
+    (after,) = matrix_engine.collective_rpc("ilp_probe_report")
     assert after["checks"] > before["checks"]
     assert after["tensors"] > before["tensors"]
     assert after["violations"] == []
 
 
-def test_each_request_alone_matches_its_run_in_the_batch(arch, ilp_engine, images):
+def test_each_request_alone_matches_its_run_in_the_batch(arch, matrix_engine, images):
     """Batch composition does not change an ILP request's tokens (compaction is per request)."""
     names = ["ilp-border", "plc+ilp-quarter"]
-    batch = greedy(ilp_engine, [make_request(arch, images, n) for n in [*names, "no-crop"]])
+    batch = greedy(matrix_engine, [make_request(arch, images, n) for n in [*names, "no-crop"]])
     for name, in_batch in zip(names, batch, strict=False):
-        (alone,) = greedy(ilp_engine, [make_request(arch, images, name)])
+        (alone,) = greedy(matrix_engine, [make_request(arch, images, name)])
         assert alone.outputs[0].token_ids == in_batch.outputs[0].token_ids, name
 
 
-def test_full_image_region_gives_exactly_the_unpruned_output(arch, ilp_engine, images):
+def test_full_image_region_gives_exactly_the_unpruned_output(arch, matrix_engine, images):
     """Nothing lies outside the full image: ILP drops nothing and the step is the stock one
     (each run alone, so that both see the same batch shape; FLEX sums over the KV cache in
     physical block order, so its two runs may differ by float noise)."""
     question = "What is on the left side?"
     region = [FULL_IMAGE.as_list()]
     (full,) = greedy(
-        ilp_engine, [request(arch, [images[0]], question, crop_mode="ilp", crop_regions=region)]
+        matrix_engine, [request(arch, [images[0]], question, crop_mode="ilp", crop_regions=region)]
     )
-    (plain,) = greedy(ilp_engine, [request(arch, [images[0]], question)])
+    (plain,) = greedy(matrix_engine, [request(arch, [images[0]], question)])
     assert full.outputs[0].token_ids == plain.outputs[0].token_ids
     assert chosen_logprobs(full) == pytest.approx(chosen_logprobs(plain), abs=FLOAT_NOISE)
 
@@ -298,51 +239,3 @@ def test_unsafe_engine_settings_are_refused_at_startup(overrides, message, tiny_
     }
     with pytest.raises(ValueError, match=message):
         LLM(**kwargs)
-
-
-def test_preempted_ilp_requests_recompute_to_the_reference(tiny_checkpoint, crop_engine, images):
-    """A KV cache of a few 128-token blocks: four ILP requests that each outgrow one block
-    preempt each other; after recompute every one still equals the uninterrupted reference.
-    With the KV saving a block holds the layers of one of two groups, so 10 of them hold the
-    bytes of 5 stock blocks."""
-    arch = "llava"
-    crop_engine(None)
-    llm = make_ilp_llm(
-        tiny_checkpoint,
-        arch,
-        num_gpu_blocks_override=10,
-        max_model_len=512,
-        disable_log_stats=False,
-    )
-    try:
-        tokenizer = llm.get_tokenizer()
-        image_tokens = 64  # the tiny LLaVA's 8x8 grid; "<image>" is one token of the prompt
-        words = []
-        # Prompts of about 120 tokens: one 128-token block each, a second one while decoding.
-        while len(tokenizer.encode(make_prompt(arch, 1, " ".join(words)))) + image_tokens < 121:
-            words.append("left")
-        regions = [QUARTER, BORDER, ONE_CELL, QUARTER]
-        requests = [
-            request(
-                arch,
-                [images[i % 3]],
-                " ".join(words),
-                crop_mode="ilp",
-                crop_regions=[region.as_list()],
-            )
-            for i, region in enumerate(regions)
-        ]
-        outputs = greedy(llm, requests)
-        preemptions = sum(
-            metric.value for metric in llm.get_metrics() if metric.name == "vllm:num_preemptions"
-        )
-    finally:
-        shutdown(llm)
-    assert preemptions > 0, "the test did not preempt: shrink the KV cache"
-    reference = ReferenceILP(arch, tiny_checkpoint(arch), CropSettings(enable_ilp=True))
-    for index, (output, region) in enumerate(zip(outputs, regions, strict=True)):
-        assert len(output.prompt_token_ids) <= 128 < len(output.prompt_token_ids) + 16
-        expected = reference.generate_ilp(
-            list(output.prompt_token_ids), [images[index % 3]], [plan("ilp", region)], 16
-        )
-        assert_matches(output, expected, index)

@@ -2,17 +2,17 @@
 the reference's through preemption and recompute, the scheduler and the worker drop the same
 positions, and an under-allocation stops the engine instead of writing foreign KV.
 
-The engines run in this process (`VLLM_ENABLE_V1_MULTIPROCESSING=0`), so that a test reads the
+The engines run eagerly in this process (`make_llm(in_process=True)`), so that a test reads the
 scheduler (running requests, blocks per KV-cache group, its drop plans) and the worker (its drop
-plans) directly. Admission compares two engines on the tiny LLaVA (4 layers, K = 2) with the same
-KV bytes and 32-token blocks: the stock layout (`crop_ilp_compact_kv=false`, N blocks of 4
-layers) and the compacted one (2N blocks of 2 layers: layers < K and >= K in separate groups).
+plans) directly; the parity and prefix-caching tests share one LLaVA engine. Admission compares
+two engines on the tiny LLaVA (4 layers, K = 2) with the same KV bytes and 32-token blocks: the
+stock layout (`crop_ilp_compact_kv=false`, N blocks of 4 layers) and the compacted one (2N
+blocks of 2 layers: layers < K and >= K in separate groups).
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator
 
 import pytest
 
@@ -21,6 +21,7 @@ from crop_vllm.ilp.plan import image_keep_mask
 from crop_vllm.layout import CropMode
 from crop_vllm.options import CropSettings, ImagePlan
 from crop_vllm.testing.photos import picture
+from tests.engine_fixtures import CHUNK_TOKENS
 from tests.engine_support import (
     BORDER,
     CROP_ARCH,
@@ -28,6 +29,7 @@ from tests.engine_support import (
     QUARTER,
     assert_matches,
     make_llm,
+    make_prompt,
     request,
     shutdown,
 )
@@ -42,25 +44,15 @@ REQUESTS = 6
 MAX_TOKENS = 16
 
 
-@pytest.fixture(scope="module", autouse=True)
-def engines_in_this_process() -> Iterator[None]:
-    import vllm.envs
-
-    with pytest.MonkeyPatch.context() as patch:
-        patch.setenv("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
-        yield
-    vllm.envs.disable_envs_cache()  # the in-process engine core turned it on
-
-
 def make_engine(checkpoint, arch: str = "llava", compact_kv: bool = True, **engine_args):
     return make_llm(
         checkpoint,
         CROP_ARCH[arch],
+        in_process=True,
         hf_overrides={"crop_enable_ilp": True, "crop_ilp_compact_kv": compact_kv},
-        block_size=BLOCK,
         disable_log_stats=False,
         enforce_eager=True,  # allocation does not depend on compilation; eager starts faster
-        **{"enable_prefix_caching": False, **engine_args},
+        **{"block_size": BLOCK, "enable_prefix_caching": False, **engine_args},
     )
 
 
@@ -129,10 +121,9 @@ def held(llm) -> dict[str, list[int]]:
 
 
 @pytest.fixture(scope="module")
-def runs(tiny_checkpoint, crop_engine, workload):
+def runs(tiny_checkpoint, workload):
     """Per layout: outputs, (running requests, blocks per request and group) after each step,
     and preemptions."""
-    crop_engine(None)
     checkpoint = tiny_checkpoint("llava")
     results = {}
     for compact_kv in (False, True):
@@ -204,13 +195,62 @@ PARITY_CASES = {
 }
 
 
-@pytest.mark.parametrize("arch", ["llava", "llava_next", "qwen2_5_vl"])
-def test_scheduler_and_worker_drop_the_same_positions(arch, tiny_checkpoint, crop_engine, images):
+def test_an_under_allocation_stops_the_engine_instead_of_writing_wrong_kv(
+    tiny_checkpoint, workload, monkeypatch
+):
+    """Force the scheduler to count one block too few kept tokens: the worker refuses (on an
+    engine of its own: the refused step leaves it unusable)."""
+    from crop_vllm.ilp.kv import IlpAttentionManager
+    from crop_vllm.ilp.patches.runner import CompactedKvUnderAllocated
+
+    counted = IlpAttentionManager._tokens
+
+    def one_block_short(manager, request_id, num_tokens):
+        tokens = counted(manager, request_id, num_tokens)
+        return max(tokens - manager.block_size, 0) if manager.planner else tokens
+
+    llm = make_engine(tiny_checkpoint("llava"), max_model_len=256)
+    monkeypatch.setattr(IlpAttentionManager, "_tokens", one_block_short)
+    try:
+        with pytest.raises(CompactedKvUnderAllocated, match="drop plans disagree"):
+            run(llm, workload[:1])
+    finally:
+        shutdown(llm)
+
+
+@pytest.fixture(scope="module")
+def shared_engine(tiny_checkpoint):
+    """The tiny LLaVA with the KV saving and prefix caching on (ILP keeps it on with the
+    saving), shared by the tests below that leave it serving. The tests above start and shut
+    down their own engines first: two in-process engines never live at once."""
+    llm = make_engine(tiny_checkpoint("llava"), max_model_len=2048, enable_prefix_caching=True)
+    yield llm
+    shutdown(llm)
+
+
+@pytest.fixture
+def engine_of(tiny_checkpoint, request):
+    """`engine_of(arch)`: the shared engine for LLaVA (last: see `shared_engine`), a new one
+    for another family, shut down after the test."""
+    made = []
+
+    def get(arch: str):
+        if arch == "llava":
+            return request.getfixturevalue("shared_engine")
+        made.append(make_engine(tiny_checkpoint(arch), arch, max_model_len=2048))
+        return made[-1]
+
+    yield get
+    for llm in made:
+        shutdown(llm)
+
+
+@pytest.mark.parametrize("arch", ["llava_next", "qwen2_5_vl", "llava"])
+def test_scheduler_and_worker_drop_the_same_positions(arch, engine_of, images):
     """The scheduler sizes the compacted KV from the same drops the worker compacts with."""
     from crop_vllm.ilp.patches.runner import runner_state
 
-    crop_engine(None)
-    llm = make_engine(tiny_checkpoint(arch), arch, max_model_len=2048)
+    llm = engine_of(arch)
     requests = [
         request(
             arch, images[: len(regions)], f"Where? ({name})", crop_mode=mode,
@@ -228,48 +268,20 @@ def test_scheduler_and_worker_drop_the_same_positions(arch, tiny_checkpoint, cro
             if worker is not None:
                 plans[req_id] = (scheduler.crop_ilp_planner.drops(req_id).tolist(), worker)
 
-    try:
-        run(llm, requests, max_tokens=2, on_step=record)
-    finally:
-        shutdown(llm)
+    run(llm, requests, max_tokens=2, on_step=record)
     assert len(plans) == len(PARITY_CASES)
     for req_id, (scheduler_drops, worker_drops) in plans.items():
         assert scheduler_drops == worker_drops, req_id
         assert scheduler_drops, req_id
 
 
-def test_an_under_allocation_stops_the_engine_instead_of_writing_wrong_kv(
-    tiny_checkpoint, crop_engine, workload, monkeypatch
-):
-    """Force the scheduler to count one block too few kept tokens: the worker refuses."""
-    from crop_vllm.ilp.kv import IlpAttentionManager
-    from crop_vllm.ilp.patches.runner import CompactedKvUnderAllocated
-
-    counted = IlpAttentionManager._tokens
-
-    def one_block_short(manager, request_id, num_tokens):
-        tokens = counted(manager, request_id, num_tokens)
-        return max(tokens - manager.block_size, 0) if manager.planner else tokens
-
-    crop_engine(None)
-    llm = make_engine(tiny_checkpoint("llava"), max_model_len=256)
-    monkeypatch.setattr(IlpAttentionManager, "_tokens", one_block_short)
-    try:
-        with pytest.raises(CompactedKvUnderAllocated, match="drop plans disagree"):
-            run(llm, workload[:1])
-    finally:
-        shutdown(llm)
-
-
 def test_prefix_caching_shares_only_what_the_stock_model_would_hold(
-    tiny_checkpoint, crop_engine, images
+    tiny_checkpoint, shared_engine, images
 ):
     """With the KV saving, prefix caching stays on: requests reuse the KV of a shared text
     prefix before the image (the only compacted blocks that hold stock contents), never a
     compacted block after it, and every answer still equals the reference."""
-    crop_engine(None)
     checkpoint = tiny_checkpoint("llava")
-    llm = make_engine(checkpoint, max_model_len=1024, enable_prefix_caching=True)
     preamble = " ".join(["You answer questions about pictures briefly and precisely."] * 8)
     region = [QUARTER.as_list()]
 
@@ -286,10 +298,7 @@ def test_prefix_caching_shares_only_what_the_stock_model_would_hold(
         ("plain", ask("What is on the left?")),
         ("ilp-a-again", ask("What is on the left?", crop_mode="ilp", crop_regions=region)),
     ]
-    try:
-        outputs = {name: run(llm, [request])[0] for name, request in cases}
-    finally:
-        shutdown(llm)
+    outputs = {name: run(shared_engine, [request])[0] for name, request in cases}
     reference = ReferenceILP("llava", checkpoint, CropSettings(enable_ilp=True))
     image_start = list(outputs["ilp-a"].prompt_token_ids).index(reference.image_token_id)
     for name, output in outputs.items():
@@ -298,3 +307,53 @@ def test_prefix_caching_shares_only_what_the_stock_model_would_hold(
         assert_matches(output, expected, name)
     for name in ("ilp-b", "plain", "ilp-a-again"):
         assert 0 < outputs[name].num_cached_tokens <= image_start, name
+
+
+def test_preempted_ilp_requests_recompute_to_the_reference(tiny_checkpoint, images):
+    """A KV cache of a few 128-token blocks (the CPU default size), prefill in 64-token chunks:
+    four ILP requests that each outgrow one block preempt each other; after recompute every one
+    still equals the uninterrupted reference. With the KV saving a block holds the layers of
+    one of two groups, so 10 of them hold the bytes of 5 stock blocks."""
+    arch = "llava"
+    llm = make_engine(
+        tiny_checkpoint(arch),
+        block_size=128,
+        num_gpu_blocks_override=10,
+        max_model_len=512,
+        enable_chunked_prefill=True,
+        max_num_batched_tokens=CHUNK_TOKENS,
+    )
+    pictures = [*images, picture(2, 224, 224)]
+    try:
+        tokenizer = llm.get_tokenizer()
+        image_tokens = 64  # the tiny LLaVA's 8x8 grid; "<image>" is one token of the prompt
+        words = []
+        # Prompts of about 120 tokens: one 128-token block each, a second one while decoding.
+        while len(tokenizer.encode(make_prompt(arch, 1, " ".join(words)))) + image_tokens < 121:
+            words.append("left")
+        regions = [QUARTER, BORDER, ONE_CELL, QUARTER]
+        requests = [
+            request(
+                arch,
+                [pictures[i % 3]],
+                " ".join(words),
+                crop_mode="ilp",
+                crop_regions=[region.as_list()],
+            )
+            for i, region in enumerate(regions)
+        ]
+        outputs = run(llm, requests)
+        preemptions = sum(
+            metric.value for metric in llm.get_metrics() if metric.name == "vllm:num_preemptions"
+        )
+    finally:
+        shutdown(llm)
+    assert preemptions > 0, "the test did not preempt: shrink the KV cache"
+    reference = ReferenceILP(arch, tiny_checkpoint(arch), CropSettings(enable_ilp=True))
+    for index, (output, region) in enumerate(zip(outputs, regions, strict=True)):
+        assert len(output.prompt_token_ids) <= 128 < len(output.prompt_token_ids) + MAX_TOKENS
+        plans = [ImagePlan(CropMode.ILP, region)]
+        expected = reference.generate_ilp(
+            list(output.prompt_token_ids), [pictures[index % 3]], plans, MAX_TOKENS
+        )
+        assert_matches(output, expected, index)

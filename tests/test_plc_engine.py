@@ -1,31 +1,42 @@
-"""PLC inside real vLLM engines, per family: identity, savings, reference equivalence, caching."""
+"""PLC inside real vLLM engines, per family: identity, savings, reference equivalence, caching.
+
+The engines are the ILP engine matrix's CPU_ATTN engines (`tests/engine_fixtures.py`: compiled,
+ILP enabled, prefill in 64-token chunks), which serve PLC and CROP-off requests as any CROP
+engine does; the PLC-only refusal of ILP modes and PLC under prefix caching (vLLM's default) run
+on one engine with ILP off.
+"""
 
 from __future__ import annotations
 
 import pytest
 
-from crop_vllm.families import MODEL_TYPES, family
+from crop_vllm.families import family
 from crop_vllm.layout import FULL_IMAGE, CropMode, PLCSettings, Region
 from crop_vllm.options import CropSettings
 from crop_vllm.testing.photos import picture
 from server.accounting import ModelGeometry
+from tests.engine_fixtures import CPU_ATTN_MATRIX, matrix_id
 from tests.engine_support import (
     BORDER,
+    CROP_ARCH,
     ONE_CELL,
     QUARTER,
-    STOCK_ARCH,
     assert_matches,
     assert_pruning_changes_the_answer,
     greedy,
     make_llm,
     request,
     shutdown,
+    stock_prompt_token_ids,
 )
 from tests.reference_plc import ReferencePLC
 
 pytestmark = pytest.mark.engine
 
-ARCHES = MODEL_TYPES
+#: A test on every family's matrix engine.
+on_each_family = pytest.mark.parametrize(
+    "matrix_case", CPU_ATTN_MATRIX, indirect=True, scope="session", ids=matrix_id
+)
 
 
 def predicted_tokens(arch, checkpoint, image, region: Region | None) -> int:
@@ -34,9 +45,9 @@ def predicted_tokens(arch, checkpoint, image, region: Region | None) -> int:
     return geometry.image_tokens(image.width, image.height, region, CropMode.PLC).after_plc
 
 
-@pytest.fixture(scope="module", params=ARCHES)
-def arch(request):
-    return request.param
+@pytest.fixture(scope="module")
+def arch(matrix_case) -> str:
+    return matrix_case[0]
 
 
 @pytest.fixture(scope="module")
@@ -44,7 +55,11 @@ def images():
     return [picture(0), picture(1, 196, 224), picture(2, 224, 224)]
 
 
-def test_crop_off_matches_stock_vllm(arch, tiny_checkpoint, crop_engine, images):
+@on_each_family
+def test_crop_off_is_stock_vllm(arch, tiny_checkpoint, matrix_engine, images):
+    """Without a region, with `crop_mode=off`, or with a `None` region, the prompt is the one
+    stock vLLM's processor makes and the answer (tokens and log-probs) the unpruned
+    reference's: what the stock model computes."""
     checkpoint = tiny_checkpoint(arch)
     requests = [
         request(arch, [images[0]], "What is in the picture?"),
@@ -53,25 +68,25 @@ def test_crop_off_matches_stock_vllm(arch, tiny_checkpoint, crop_engine, images)
         ),
         request(arch, [images[2]], "Where?", crop_regions=[None]),
     ]
-    crop_outputs = greedy(crop_engine(arch), requests, logprobs=False)
-    stock = make_llm(checkpoint, STOCK_ARCH[arch])
-    try:
-        plain = [{k: v for k, v in r.items() if k != "mm_processor_kwargs"} for r in requests]
-        stock_outputs = greedy(stock, plain, logprobs=False)
-    finally:
-        shutdown(stock)
-    for crop_out, stock_out in zip(crop_outputs, stock_outputs, strict=True):
-        assert crop_out.prompt_token_ids == stock_out.prompt_token_ids
-        assert crop_out.outputs[0].token_ids == stock_out.outputs[0].token_ids
+    outputs = greedy(matrix_engine, requests)
+    reference = ReferencePLC(arch, checkpoint, PLCSettings())
+    for index, (prompt, output) in enumerate(zip(requests, outputs, strict=True)):
+        image = images[index]
+        assert list(output.prompt_token_ids) == stock_prompt_token_ids(arch, checkpoint, prompt)
+        expected = reference.generate(
+            list(output.prompt_token_ids), [image], [None], len(output.outputs[0].token_ids)
+        )
+        assert_matches(output, expected, index)
 
 
+@on_each_family
 def test_quarter_region_saves_exactly_the_predicted_tokens(
-    arch, tiny_checkpoint, crop_engine, images
+    arch, tiny_checkpoint, matrix_engine, images
 ):
     checkpoint = tiny_checkpoint(arch)
     image = images[0]
     base, pruned = greedy(
-        crop_engine(arch),
+        matrix_engine,
         [
             request(arch, [image], "What color is the car?"),
             request(arch, [image], "What color is the car?", crop_regions=[QUARTER.as_list()]),
@@ -94,7 +109,10 @@ CASES = {
 }
 
 
-def test_greedy_tokens_and_logprobs_match_the_reference(arch, tiny_checkpoint, crop_engine, images):
+@on_each_family
+def test_greedy_tokens_and_logprobs_match_the_reference(
+    arch, tiny_checkpoint, matrix_engine, images
+):
     """Each case equals the reference; the reference's answer with pruning differs from its
     answer without (the full-image region prunes nothing: there they are the same)."""
     reference = ReferencePLC(arch, tiny_checkpoint(arch), PLCSettings())
@@ -107,7 +125,7 @@ def test_greedy_tokens_and_logprobs_match_the_reference(arch, tiny_checkpoint, c
         )
         for name, regions in CASES.items()
     }
-    outputs = dict(zip(requests, greedy(crop_engine(arch), list(requests.values())), strict=True))
+    outputs = dict(zip(requests, greedy(matrix_engine, list(requests.values())), strict=True))
     for name, regions in CASES.items():
         output = outputs[name]
         expected = reference.generate(
@@ -129,9 +147,10 @@ def test_greedy_tokens_and_logprobs_match_the_reference(arch, tiny_checkpoint, c
             assert_pruning_changes_the_answer(expected, unpruned)
 
 
-def test_processor_cache_keeps_each_images_region(arch, tiny_checkpoint, crop_engine, images):
+@on_each_family
+def test_processor_cache_keeps_each_images_region(arch, tiny_checkpoint, matrix_engine, images):
     """A partial cache hit reprocesses only the missing image, with its own region."""
-    llm = crop_engine(arch)
+    llm = matrix_engine
     first, second = images[0], images[1]
     cold = [BORDER, QUARTER]
     warm = [BORDER, ONE_CELL]  # image 0 hits the cache, image 1 misses with another region
@@ -144,13 +163,14 @@ def test_processor_cache_keeps_each_images_region(arch, tiny_checkpoint, crop_en
     assert list(output.outputs[0].token_ids) == expected.token_ids
 
 
-def test_same_image_with_two_regions_in_one_request(arch, tiny_checkpoint, crop_engine, images):
+@on_each_family
+def test_same_image_with_two_regions_in_one_request(arch, tiny_checkpoint, matrix_engine, images):
     """Two copies of one image with different regions are pruned independently."""
     checkpoint = tiny_checkpoint(arch)
     image = images[0]
     regions = [QUARTER, BORDER]
     base, pruned = greedy(
-        crop_engine(arch),
+        matrix_engine,
         [
             request(arch, [image, image], "Q?"),
             request(arch, [image, image], "Q?", crop_regions=[r.as_list() for r in regions]),
@@ -164,6 +184,22 @@ def test_same_image_with_two_regions_in_one_request(arch, tiny_checkpoint, crop_
     assert list(pruned.outputs[0].token_ids) == expected.token_ids
 
 
+@pytest.fixture(scope="module")
+def plc_only_engine(tiny_checkpoint):
+    """The tiny LLaVA with ILP off and prefix caching on (vLLM's default) in 32-token blocks
+    (CPU's default 128 is longer than these prompts), eager in this process. One family is
+    enough for validation: it is shared by every family and unit-tested (test_options.py)."""
+    llm = make_llm(
+        tiny_checkpoint("llava"),
+        CROP_ARCH["llava"],
+        in_process=True,
+        enforce_eager=True,
+        block_size=32,
+    )
+    yield llm
+    shutdown(llm)
+
+
 @pytest.mark.parametrize(
     ("kwargs", "message"),
     [
@@ -175,10 +211,28 @@ def test_same_image_with_two_regions_in_one_request(arch, tiny_checkpoint, crop_
     ],
 )
 def test_invalid_crop_options_are_rejected_and_the_engine_keeps_serving(
-    arch, kwargs, message, crop_engine, images
+    kwargs, message, plc_only_engine
 ):
-    llm = crop_engine(arch)
+    image = picture(0)
     with pytest.raises(ValueError, match=message):
-        greedy(llm, [request(arch, [images[0]], "Q?", **kwargs)], logprobs=False)
-    (output,) = greedy(llm, [request(arch, [images[0]], "Q?")], logprobs=False)
+        greedy(plc_only_engine, [request("llava", [image], "Q?", **kwargs)], logprobs=False)
+    (output,) = greedy(plc_only_engine, [request("llava", [image], "Q?")], logprobs=False)
     assert len(output.outputs[0].token_ids) > 0
+
+
+def test_under_prefix_caching_a_cached_image_keeps_each_requests_region(
+    tiny_checkpoint, plc_only_engine
+):
+    """Prefix caching on: the same prompt and image with another region (or none) is pruned by
+    its own region, never served from the blocks of the earlier one."""
+    image = picture(0)
+    reference = ReferencePLC("llava", tiny_checkpoint("llava"), PLCSettings())
+    question = "Which colors are in the picture, from left to right?"
+    outputs = []
+    for regions in ([QUARTER], [BORDER], [None], [QUARTER]):
+        kwargs = {"crop_regions": [None if r is None else r.as_list() for r in regions]}
+        (output,) = greedy(plc_only_engine, [request("llava", [image], question, **kwargs)])
+        expected = reference.generate(list(output.prompt_token_ids), [image], regions, 16)
+        assert_matches(output, expected, regions)
+        outputs.append(output)
+    assert outputs[-1].num_cached_tokens > 0, "nothing was served from the prefix cache"

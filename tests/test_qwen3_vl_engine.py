@@ -4,8 +4,8 @@ per-image regions through Qwen3-VL's per-video kwargs routing.
 The tiny Qwen3-VL adds its three DeepStack levels after LLM layers 0, 1 and 2 (of 4): with K <= 2
 the levels added after layers >= K must follow the kept rows. K = 2 (the default) runs compiled
 with the other families in test_ilp_engine.py; here K = 0 (every level after the cut) compiled,
-K = 1 and 3 eager (compiling costs minutes per engine on CPU), one engine each, prefill in
-64-token chunks so that every image spans chunks.
+K = 1 and 3 eager in this process (compiling costs minutes per engine on CPU), one engine each,
+prefill in 64-token chunks so that every image spans chunks.
 """
 
 from __future__ import annotations
@@ -49,10 +49,9 @@ def images():
 
 @pytest.mark.engine
 @pytest.mark.parametrize(("layer", "eager"), [(0, False), (1, True), (3, True)])
-def test_ilp_at_layer_k_matches_the_reference(layer, eager, tiny_checkpoint, crop_engine, images):
+def test_ilp_at_layer_k_matches_the_reference(layer, eager, tiny_checkpoint, images):
     """ILP and PLC+ILP requests with a text-only one in one batch, each as the reference computes
     it with the same K (DeepStack levels after layers >= K only on the kept tokens)."""
-    crop_engine(None)  # one engine at a time
     checkpoint = tiny_checkpoint(ARCH)
     llm = make_llm(
         checkpoint,
@@ -62,6 +61,7 @@ def test_ilp_at_layer_k_matches_the_reference(layer, eager, tiny_checkpoint, cro
         enable_chunked_prefill=True,
         max_num_batched_tokens=64,
         enforce_eager=eager,
+        in_process=eager,
     )
     try:
         requests = [
