@@ -42,7 +42,9 @@ def engine_start(label: str, compiled: bool, in_process: bool = False) -> Iterat
 
 def release_after_last_use(fixture_name: str, release: Callable[[], None]) -> None:
     """Run `release` once the last test that uses `fixture_name` has been torn down. `release`
-    must be safe to call again (the fixture's own teardown still runs at the end)."""
+    must be safe to call again (the fixture's own teardown still runs at the end). A test's
+    uses are its fixtures' arguments, transitively: a fixture looked up by name at run time
+    (`request.getfixturevalue`) is not seen, so session engines are always named as arguments."""
     _RELEASES[fixture_name] = release
 
 

@@ -34,9 +34,10 @@ def tokens(gateway_model) -> Tokens:
 
 
 @pytest.fixture(scope="module", params=["embedded", "remote"])
-def live(request) -> LiveGateway:
-    """Each case runs against both engines."""
-    return request.getfixturevalue("gateway" if request.param == "embedded" else "remote_gateway")
+def live(request, gateway, remote_gateway) -> LiveGateway:
+    """Each case runs against both engines (named as arguments, not looked up by name, so that
+    the session knows this module uses both: `tests/engine_starts.py`)."""
+    return gateway if request.param == "embedded" else remote_gateway
 
 
 def answer(live: LiveGateway, **fields: Any) -> Any:
